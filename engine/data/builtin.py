@@ -1,0 +1,150 @@
+"""Built-in datasets: a registry of builders that write class folders on first use.
+
+Each builder writes an ImageFolder tree (``train/<class>/*.png``,
+``val/<class>/*.png``) into a fresh folder; :func:`materialise` makes that
+atomic so several users asking at once never see half a dataset.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.errors import UserError
+from engine.workspace import datasets_dir
+
+__all__ = ["BuiltinDataset", "BUILTIN_DATASETS", "register_builtin", "materialise", "DEFAULT_DATASET"]
+
+FASHION_MNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
+FASHION_MNIST_CLASSES = [
+    "T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot",
+]
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    description: str
+    build: Callable[[Path], None]
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {}
+
+
+def register_builtin(name: str, description: str):
+    """Decorator: an operator adds a dataset by registering a builder function."""
+
+    def wrap(build: Callable[[Path], None]):
+        BUILTIN_DATASETS[name] = BuiltinDataset(name, description, build)
+        return build
+
+    return wrap
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    _zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    for folder in FASHION_MNIST_DIRS:
+        def find(stem):
+            for suffix in (".gz", ""):
+                path = folder / f"{stem}{suffix}"
+                if path.is_file():
+                    return path
+            return None
+
+        files = {k: find(k) for k in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                      "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+        if all(files.values()):
+            return {
+                "train": (_read_idx(files["train-images-idx3-ubyte"]), _read_idx(files["train-labels-idx1-ubyte"])),
+                "test": (_read_idx(files["t10k-images-idx3-ubyte"]), _read_idx(files["t10k-labels-idx1-ubyte"])),
+            }
+    # Not packaged here: torchvision's downloader, as a normal deployment would.
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        root = datasets_dir() / ".torchvision"
+        out = {}
+        for split, train in (("train", True), ("test", False)):
+            ds = FashionMNIST(root, train=train, download=True)
+            out[split] = (ds.data.numpy(), ds.targets.numpy())
+        return out
+    except Exception as exc:
+        raise UserError(
+            "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist) "
+            f"and could not be downloaded ({type(exc).__name__})"
+        ) from None
+
+
+def _write_balanced(dest: Path, split: str, images: np.ndarray, labels: np.ndarray,
+                    classes: list[str], per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        chosen = rng.choice(np.flatnonzero(labels == index), size=per_class, replace=False)
+        folder = dest / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in sorted(chosen):
+            Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+
+
+@register_builtin(
+    "fashion-mnist",
+    "Fashion-MNIST, balanced subset: 100 training and 50 validation images per class "
+    "(10 classes, 28x28 greyscale; validation from the official test split)",
+)
+def _build_fashion_mnist(dest: Path) -> None:
+    arrays = _fashion_mnist_arrays()
+    _write_balanced(dest, "train", *arrays["train"], FASHION_MNIST_CLASSES, per_class=100, seed=0)
+    _write_balanced(dest, "val", *arrays["test"], FASHION_MNIST_CLASSES, per_class=50, seed=0)
+
+
+@register_builtin("digits", "scikit-learn digits: 1,797 handwritten digits, 8x8 greyscale, 10 classes")
+def _build_digits(dest: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    for i, (img, label) in enumerate(zip(images, digits.target)):
+        folder = dest / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+
+
+DEFAULT_DATASET = "fashion-mnist"
+
+
+def materialise(name: str) -> Path:
+    """Folder of the built-in dataset ``name``, building it on first use."""
+    if name not in BUILTIN_DATASETS:
+        raise UserError(f"unknown built-in dataset '{name}'; choose one of: {', '.join(BUILTIN_DATASETS)}")
+    dest = datasets_dir() / f"builtin-{name}"
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        BUILTIN_DATASETS[name].build(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first; theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,117 @@
+"""Prediction with onnxruntime from an exported model and its recorded preprocessing."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.images import ImageProblem, load_rgb, resize_center_crop
+from engine.errors import UserError
+
+__all__ = ["OnnxClassifier", "get_classifier", "ort_threads"]
+
+
+def ort_threads() -> int:
+    """Threads per onnxruntime session.
+
+    Several users share one server; each session using every core would
+    oversubscribe the CPU. ``TS_ORT_THREADS`` overrides.
+    """
+    if "TS_ORT_THREADS" in os.environ:
+        return max(1, int(os.environ["TS_ORT_THREADS"]))
+    return max(1, min(4, (os.cpu_count() or 2)))
+
+
+class OnnxClassifier:
+    """An onnxruntime session plus the preprocessing stored in the model file.
+
+    ``InferenceSession.run`` is thread-safe, so one instance serves every user.
+    """
+
+    def __init__(self, path: Path | str, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"model file '{path}' does not exist; export the run first")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = ort_threads()
+        options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise UserError(f"'{path.name}' is not a loadable ONNX model ({type(exc).__name__})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "transfer_studio.preprocess" not in meta:
+            sidecar = path.with_name("preprocess.json")
+            if not sidecar.is_file():
+                raise UserError(f"'{path.name}' carries no preprocessing metadata and has no preprocess.json beside it")
+            self.preprocess = json.loads(sidecar.read_text())
+        else:
+            self.preprocess = json.loads(meta["transfer_studio.preprocess"])
+        self.classes: list[str] = self.preprocess["classes"]
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def prepare(self, image) -> np.ndarray:
+        """Path, file object or PIL image -> normalised CHW float32."""
+        img = image if hasattr(image, "mode") and hasattr(image, "size") else load_rgb(image)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        arr = resize_center_crop(img, self.preprocess["input_size"]).astype(np.float32) / 255.0
+        arr = (arr - np.asarray(self.preprocess["mean"], np.float32)) / np.asarray(self.preprocess["std"], np.float32)
+        return arr.transpose(2, 0, 1)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(batch), 64):
+            chunk = np.ascontiguousarray(batch[start : start + 64], dtype=np.float32)
+            outputs.append(self.session.run(None, {self.input_name: chunk})[0])
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict(self, images: list, top_k: int = 3) -> list[dict]:
+        """Top-k classes per image; an unreadable image gets an ``error`` instead."""
+        top_k = max(1, min(top_k, len(self.classes)))
+        prepared, results = [], []
+        for image in images:
+            try:
+                prepared.append(self.prepare(image))
+                results.append(None)
+            except ImageProblem as exc:
+                prepared.append(None)
+                results.append({"error": str(exc)})
+        good = [p for p in prepared if p is not None]
+        logits = self.logits(np.stack(good)) if good else np.zeros((0, len(self.classes)), np.float32)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        it = iter(probs)
+        for i, p in enumerate(prepared):
+            if p is None:
+                continue
+            row = next(it)
+            order = np.argsort(-row)[:top_k]
+            results[i] = {"top_k": [{"class": self.classes[j], "probability": float(row[j])} for j in order]}
+        return results
+
+
+_CACHE: dict[tuple[str, float], OnnxClassifier] = {}
+_LOCK = threading.Lock()
+
+
+def get_classifier(path: Path | str) -> OnnxClassifier:
+    """One shared session per model file (re-created when the file changes)."""
+    path = Path(path).resolve()
+    key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
+    with _LOCK:
+        if key not in _CACHE:
+            for old in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[old]
+            _CACHE[key] = OnnxClassifier(path)
+        return _CACHE[key]

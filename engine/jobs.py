@@ -1,0 +1,223 @@
+"""A persistent job queue for training runs, drained by a detached dispatcher.
+
+The queue is a SQLite table in the workspace, so it survives a server restart.
+``submit`` records a job and makes sure a dispatcher process is running; the
+dispatcher (``python -m engine worker``) starts each job as its own
+``python -m engine run-job RUN_DIR`` process, at most ``max_concurrent`` at a
+time, and exits when the queue is empty. Only one dispatcher runs at once
+(an exclusive file lock). Nothing here runs inside the Streamlit script.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+from engine.runs import TERMINAL_STATES, Run
+from engine.workspace import home
+
+__all__ = ["submit", "cancel", "queue_position", "list_jobs", "dispatch_forever", "ensure_dispatcher",
+           "recover_interrupted", "resume_queue", "max_concurrent"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_dir TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,           -- queued | running | finished
+    pid INTEGER,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    exit_code INTEGER
+)
+"""
+
+
+def _db() -> sqlite3.Connection:
+    conn = sqlite3.connect(home() / "jobs.sqlite", timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(_SCHEMA)
+    return conn
+
+
+def max_concurrent() -> int:
+    """Jobs at once: TS_MAX_JOBS, else one per GPU, else one on CPU."""
+    if os.environ.get("TS_MAX_JOBS"):
+        return max(1, int(os.environ["TS_MAX_JOBS"]))
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:
+        return 1
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def submit(run: Run) -> int:
+    """Queue ``run`` (its config.json must exist) and make sure a dispatcher is up."""
+    run.update_status(state="queued", stage="queued", progress=0.0, queued_at=time.time())
+    with closing(_db()) as db:
+        cur = db.execute("INSERT INTO jobs (run_dir, state, created) VALUES (?, 'queued', ?)",
+                         (str(run.path.resolve()), time.time()))
+        job_id = cur.lastrowid
+    ensure_dispatcher()
+    return job_id
+
+
+def queue_position(run: Run) -> int | None:
+    """1 for the next job to start; None when the run is not waiting."""
+    with closing(_db()) as db:
+        row = db.execute("SELECT id FROM jobs WHERE run_dir=? AND state='queued'", (str(run.path.resolve()),)).fetchone()
+        if row is None:
+            return None
+        ahead = db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued' AND id<?", (row[0],)).fetchone()[0]
+    return ahead + 1
+
+
+def list_jobs() -> list[dict]:
+    with closing(_db()) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY id")]
+
+
+def cancel(run: Run) -> None:
+    """Stop a queued run at once; ask a running one to stop at its next step."""
+    run.request_cancel()
+    with closing(_db()) as db:
+        cur = db.execute("UPDATE jobs SET state='finished', finished=? WHERE run_dir=? AND state='queued'",
+                         (time.time(), str(run.path.resolve())))
+        if cur.rowcount:
+            run.update_status(state="cancelled", stage="cancelled", message="cancelled before it started")
+
+
+def recover_interrupted() -> list[str]:
+    """Runs marked running whose process is gone (server restart, kill): mark them interrupted."""
+    marked = []
+    with closing(_db()) as db:
+        for job_id, run_dir, pid in db.execute("SELECT id, run_dir, pid FROM jobs WHERE state='running'").fetchall():
+            if _alive(pid):
+                continue
+            db.execute("UPDATE jobs SET state='finished', finished=? WHERE id=?", (time.time(), job_id))
+            run = Run(run_dir)
+            if run.status().get("state") not in TERMINAL_STATES:
+                run.update_status(state="interrupted", stage="interrupted",
+                                  error="the worker stopped (server restart or killed); resume from the last checkpoint")
+            marked.append(run_dir)
+    return marked
+
+
+def resume_queue() -> None:
+    """On app start: mark dead runs interrupted and restart a dispatcher for waiting jobs."""
+    recover_interrupted()
+    with closing(_db()) as db:
+        waiting = db.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone()
+    if waiting:
+        ensure_dispatcher()
+
+
+def _lock_path() -> Path:
+    return home() / "dispatcher.lock"
+
+
+def ensure_dispatcher() -> None:
+    """Start a dispatcher unless one holds the lock already."""
+    with open(_lock_path(), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # one is running; it will pick the job up
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    log = open(home() / "dispatcher.log", "a")
+    subprocess.Popen([sys.executable, "-m", "engine", "worker"], stdout=log, stderr=subprocess.STDOUT,
+                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
+                     env=os.environ.copy())
+
+
+def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, threads: int) -> subprocess.Popen:
+    run = Run(run_dir)
+    log = open(run.log_file, "a")
+    env = os.environ.copy()
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "run-job", run_dir], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                            cwd=str(Path(__file__).resolve().parent.parent), env=env)
+    db.execute("UPDATE jobs SET state='running', pid=?, started=? WHERE id=?", (proc.pid, time.time(), job_id))
+    return proc
+
+
+def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection) -> None:
+    db.execute("UPDATE jobs SET state='finished', finished=?, exit_code=? WHERE id=?", (time.time(), code, job_id))
+    run = Run(run_dir)
+    status = run.status()
+    if status.get("state") not in TERMINAL_STATES:
+        # The process died without saying why (killed, segfault, out of memory).
+        reason = {-signal.SIGKILL: "the worker was killed (often: out of memory)",
+                  -signal.SIGTERM: "the worker was terminated"}.get(code, f"the worker exited with code {code}")
+        tail = ""
+        if run.log_file.is_file():
+            lines = [l for l in run.log_file.read_text(errors="replace").splitlines() if l.strip()]
+            tail = lines[-1][:300] if lines else ""
+        run.update_status(state="failed", stage="failed", error=f"{reason}{': ' + tail if tail else ''}",
+                          finished_at=time.time())
+
+
+def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5) -> None:
+    """The dispatcher loop; returns after the queue has been empty for ``idle_exit_s``."""
+    lock = open(_lock_path(), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    recover_interrupted()
+    running: dict[int, tuple[subprocess.Popen, str]] = {}
+    idle_since = time.time()
+    limit = max_concurrent()
+    threads = max(1, (os.cpu_count() or 1) // limit)
+    with closing(_db()) as db:
+        while True:
+            for job_id, (proc, run_dir) in list(running.items()):
+                code = proc.poll()
+                if code is not None:
+                    _finish_job(job_id, run_dir, code, db)
+                    del running[job_id]
+            while len(running) < limit:
+                row = db.execute("SELECT id, run_dir FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+                if row is None:
+                    break
+                running[row[0]] = (_start_job(row[0], row[1], db, threads), row[1])
+            if running:
+                idle_since = time.time()
+            elif time.time() - idle_since > idle_exit_s:
+                # Unlock first, then look again: a job submitted while we were
+                # deciding to stop saw the lock held and is relying on us.
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                if not db.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone():
+                    return
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # a new dispatcher took over
+                idle_since = time.time()
+            time.sleep(poll_s)

@@ -1,0 +1,65 @@
+"""What a training run is asked to do; saved as config.json and in every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from engine.errors import UserError
+
+__all__ = ["TrainConfig", "MODES"]
+
+MODES = ("linear", "partial", "full", "scratch")
+DEFAULT_EPOCHS = {"linear": 30, "partial": 5, "full": 5, "scratch": 5}
+DEFAULT_LR = {"linear": 3e-3, "partial": 1e-3, "full": 1e-3, "scratch": 3e-3}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    backbone: str = "mobilenet_v2"
+    mode: str = "linear"  # linear probe | partial (last K stages) | full fine-tune | scratch (random init)
+    epochs: int | None = None  # None: the mode's default
+    lr: float | None = None  # None: the mode's default (head LR; the backbone gets lr * backbone_lr_mult)
+    backbone_lr_mult: float = 0.1  # discriminative LR: pretrained layers move slower than the new head
+    unfreeze_stages: int = 3  # partial mode: how many of the last backbone stages train
+    batch_size: int = 32
+    image_size: int | None = None  # None: the backbone's native input size
+    augment: str = "light"
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | off
+    channels_last: bool | None = None  # None: on for GPU, off for CPU
+    threads: int | None = None  # CPU threads; None: all cores
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise UserError(f"unknown mode '{self.mode}'; choose one of: {', '.join(MODES)}")
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS[self.mode]
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.mode]
+        if not 1 <= int(self.epochs) <= 1000:
+            raise UserError(f"epochs must be between 1 and 1000, got {self.epochs}")
+        if not 0 < float(self.lr) < 10:
+            raise UserError(f"learning rate must be positive and below 10, got {self.lr}")
+        if self.batch_size < 1:
+            raise UserError("batch size must be at least 1")
+        if self.image_size is not None and not 16 <= self.image_size <= 1024:
+            raise UserError(f"image size must be between 16 and 1024 px, got {self.image_size}")
+        from engine.training.augment import AUGMENT_PRESETS
+
+        if self.augment not in AUGMENT_PRESETS:
+            raise UserError(f"unknown augmentation '{self.augment}'; choose one of: {', '.join(AUGMENT_PRESETS)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise UserError(f"unknown amp setting '{self.amp}'; choose auto, bf16, fp16 or off")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

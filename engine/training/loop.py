@@ -1,0 +1,173 @@
+"""The loop: plain functions in the style of torchvision's classification reference.
+
+Data arrives as uint8 tensors already on the training device; batches are
+sliced, augmented and normalised there. The same functions run on CPU and GPU,
+so the GPU paths (autocast, channels_last) are exercised by the CPU tests too.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.training.augment import augment_batch, normalize
+from engine.training.callbacks import Callback, CancelledByUser
+from engine.training.freeze import set_train_mode
+
+__all__ = ["DeviceSetup", "resolve_device", "train_one_epoch", "evaluate", "extract_features", "train_head_epoch"]
+
+
+@dataclass
+class DeviceSetup:
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def needs_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16 and self.device.type == "cuda"
+
+
+def resolve_device(device: str = "auto", amp: str = "auto", channels_last: bool | None = None) -> DeviceSetup:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from engine.errors import UserError
+
+        raise UserError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
+    if amp == "auto":
+        if dev.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "off"  # bf16 on CPUs without AMX is slower than fp32
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    return DeviceSetup(dev, amp_dtype, channels_last)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool, drop_last: bool):
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - (n % batch_size) if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: nn.Module,
+    setup: DeviceSetup,
+    batch_size: int,
+    augment: str,
+    mean,
+    std,
+    generator: torch.Generator,
+    aug_generator: torch.Generator | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    callback: Callback | None = None,
+) -> dict:
+    set_train_mode(model)
+    total_loss, correct, seen = 0.0, 0, 0
+    steps = max(1, len(labels) // batch_size) if len(labels) >= batch_size else 1
+    for step, idx in enumerate(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=True)):
+        idx = idx.to(images.device)
+        x = normalize(augment_batch(images[idx], augment, aug_generator), mean, std)
+        y = labels[idx]
+        x = setup.prepare(x)
+        with setup.autocast():
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if callback is not None:
+            callback.on_progress(step + 1, steps, "train")
+            if callback.should_stop():
+                raise CancelledByUser()
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, setup: DeviceSetup,
+             batch_size: int, mean, std) -> dict:
+    model.eval()
+    outputs = []
+    for idx in _batches(len(labels), batch_size * 2, None, shuffle=False, drop_last=False):
+        x = setup.prepare(normalize(images[idx.to(images.device)], mean, std))
+        with setup.autocast():
+            outputs.append(model(x).float())
+    logits = torch.cat(outputs) if outputs else torch.empty(0)
+    loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
+    preds = logits.argmax(1)
+    return {"val_loss": loss, "val_acc": (preds == labels).float().mean().item(), "logits": logits.cpu(),
+            "preds": preds.cpu()}
+
+
+@torch.no_grad()
+def extract_features(model, images: torch.Tensor, *, setup: DeviceSetup, batch_size: int, mean, std,
+                     callback: Callback | None = None, stage: str = "features") -> torch.Tensor:
+    """Pooled backbone features for every image (the linear probe trains on these)."""
+    model.eval()
+    feats = []
+    total = len(images)
+    for start in range(0, total, batch_size * 2):
+        x = setup.prepare(normalize(images[start : start + batch_size * 2], mean, std))
+        with setup.autocast():
+            feats.append(model.forward_features(x).float())
+        if callback is not None:
+            callback.on_progress(min(start + batch_size * 2, total), total, stage)
+            if callback.should_stop():
+                raise CancelledByUser()
+    return torch.cat(feats)
+
+
+def train_head_epoch(model, features, labels, *, optimizer, scheduler, loss_fn, batch_size, generator,
+                     callback: Callback | None = None) -> dict:
+    """One epoch of the linear head on cached features: milliseconds, not minutes."""
+    model.head.train()
+    model.dropout.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    batches = list(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=False))
+    for step, idx in enumerate(batches):
+        idx = idx.to(features.device)
+        logits = model.head(model.dropout(features[idx]))
+        loss = loss_fn(logits, labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(idx)
+        correct += (logits.argmax(1) == labels[idx]).sum().item()
+        seen += len(idx)
+        if callback is not None:
+            callback.on_progress(step + 1, len(batches), "train")
+    if callback is not None and callback.should_stop():
+        raise CancelledByUser()
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}

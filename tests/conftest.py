@@ -1,0 +1,84 @@
+"""Shared fixtures: an isolated workspace, small real datasets, one trained run.
+
+Tests use real images (drawn here, or shipped with packages) and the real
+engine; the trained run is built once per session and shared.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+# Isolate every test session from the developer's workspace, before engine imports.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="ts-test-home-"))
+os.environ["TRANSFER_STUDIO_HOME"] = str(_SESSION_HOME)
+os.environ.setdefault("TS_ORT_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHAPES_CLASSES = ["circle", "square", "triangle"]
+
+
+def draw_shape(kind: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """A coloured shape on a noisy background: easy for a pretrained backbone, not trivial."""
+    bg = tuple(int(v) for v in rng.integers(0, 90, 3))
+    fg = tuple(int(v) for v in rng.integers(150, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    r = rng.integers(size // 4, size // 2 - 2)
+    cx, cy = rng.integers(r + 1, size - r - 1, 2)
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if kind == "circle":
+        draw.ellipse(box, fill=fg)
+    elif kind == "square":
+        draw.rectangle(box, fill=fg)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fg)
+    noise = rng.integers(-12, 13, (size, size, 3))
+    arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def make_shapes_dataset(root: Path, per_class: int = 16, seed: int = 0, splits: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    for kind in SHAPES_CLASSES:
+        for i in range(per_class):
+            split = ("val" if i % 4 == 0 else "train") if splits else None
+            folder = root / split / kind if split else root / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            draw_shape(kind, rng).save(folder / f"{kind}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def workspace_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """3 classes x 16 drawn shapes, no split folders (the engine splits them)."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(shapes_dir):
+    """A MobileNetV2 linear probe on the shapes, trained and exported once per session."""
+    from engine.export import export_run
+    from engine.runs import new_run
+    from engine.training.config import TrainConfig
+    from engine.training.runner import train
+
+    config = TrainConfig(dataset=str(shapes_dir), backbone="mobilenet_v2", mode="linear",
+                         epochs=15, image_size=64, batch_size=16)
+    run = new_run("fixture")
+    run.write_config(config.to_dict())
+    train(config, run)
+    export_run(run.path)
+    return run

@@ -1,0 +1,70 @@
+"""The walking skeleton's engine path: data -> train -> evaluate -> export -> predict."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from engine.data.dataset import load_dataset
+from engine.errors import UserError
+from engine.inference import OnnxClassifier
+from engine.training.runner import load_checkpoint_model
+
+
+def test_linear_probe_learns_shapes(trained_run):
+    report = trained_run.evaluation()
+    assert report["classes"] == ["circle", "square", "triangle"]
+    # Chance is 1/3; a pretrained backbone separates drawn shapes easily.
+    assert report["accuracy"] >= 0.75
+    assert np.asarray(report["confusion_matrix"]).sum() == report["num_images"]
+    status = trained_run.status()
+    assert status["state"] == "done"
+    assert len(trained_run.metrics()) == 15
+
+
+def test_export_parity_recorded(trained_run):
+    parity = json.loads((trained_run.export_dir / "parity.json").read_text())
+    assert parity["passed"] and parity["top1_agreement"] == 1.0
+    assert parity["max_abs_logit_diff"] < 1e-3
+
+
+def test_onnx_predict_matches_pytorch(trained_run, shapes_dir):
+    model, config, classes = load_checkpoint_model(trained_run.best_checkpoint)
+    classifier = OnnxClassifier(trained_run.onnx_file)
+    files = sorted(shapes_dir.rglob("*.png"))[:6]
+    batch = np.stack([classifier.prepare(f) for f in files])
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
+    results = classifier.predict(files, top_k=2)
+    for row, result in zip(expected, results):
+        top = result["top_k"][0]
+        assert top["class"] == classes[int(row.argmax())]
+        assert abs(top["probability"] - float(row.max())) < 1e-4
+
+
+def test_one_class_dataset_is_refused(tmp_path, shapes_dir):
+    (tmp_path / "only").mkdir()
+    for f in sorted((shapes_dir / "circle").glob("*.png"))[:3]:
+        (tmp_path / "only" / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(UserError, match="only one class"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["inspect", "/no/such/folder"], "neither a folder"),
+        (["train", "digits", "--backbone", "nope"], "unknown backbone"),
+        (["predict", "/no/model.onnx", "x.png"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "engine", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
