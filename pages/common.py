@@ -49,7 +49,8 @@ def set_backbone(name: str) -> None:
 
 def current_run() -> Run | None:
     run_id = _get("run")
-    if not run_id:
+    # The id comes from the URL: never let it name a folder outside runs/.
+    if not run_id or not all(c.isalnum() or c in "-_" for c in str(run_id)):
         return None
     run = Run(runs_dir() / str(run_id))
     return run if run.exists() else None
