@@ -31,8 +31,26 @@ def _set(key: str, value) -> None:
 
 
 def current_dataset() -> str:
-    """Built-in dataset name or the folder of an uploaded/extracted dataset."""
-    return _get("dataset")
+    """Built-in dataset name or the folder of an uploaded/extracted dataset.
+
+    The value can come from the URL (?dataset=...), so it is checked with
+    engine.data.ingest.validate_spec: only built-ins, uploads in the workspace
+    and folders under the operator's TS_DATA_ROOTS; anything else falls back
+    to the default dataset with a warning.
+    """
+    from engine.data.ingest import validate_spec
+    from engine.errors import UserError
+
+    spec = _get("dataset")
+    try:
+        valid = validate_spec(spec)
+    except UserError as exc:
+        st.warning(f"{exc}. Showing {DEFAULT_DATASET} instead.")
+        _set("dataset", DEFAULT_DATASET)
+        return DEFAULT_DATASET
+    if valid != spec:
+        _set("dataset", valid)
+    return valid
 
 
 def set_dataset(spec: str) -> None:

@@ -125,6 +125,29 @@ def _build_digits(dest: Path) -> None:
         Image.fromarray(img).save(folder / f"{i:04d}.png")
 
 
+@register_builtin(
+    "skimage-textures",
+    "Tiny demo, 3 classes x 30 images: random 64-160 px crops (resized to 64 px, randomly flipped) of the "
+    "brick, grass and gravel greyscale texture photos bundled with scikit-image. One photo per class, so it shows "
+    "the app working, not how a model generalises",
+)
+def _build_skimage_textures(dest: Path) -> None:
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for name in ("brick", "grass", "gravel"):
+        photo = Image.fromarray(getattr(data, name)())
+        folder = dest / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(30):
+            side = int(rng.integers(64, 161))
+            left, top = (int(v) for v in rng.integers(0, np.array(photo.size) - side + 1))
+            crop = photo.crop((left, top, left + side, top + side)).resize((64, 64), Image.BILINEAR)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            crop.save(folder / f"{name}_{i:02d}.png")
+
+
 DEFAULT_DATASET = "fashion-mnist"
 
 

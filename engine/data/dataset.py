@@ -6,24 +6,40 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from engine.data.builtin import BUILTIN_DATASETS, materialise
-from engine.data.images import IMAGE_SUFFIXES, ImageProblem, probe_image
+from engine.data.images import IMAGE_SUFFIXES, inspect_file
 from engine.data.zipsafe import safe_extract
 from engine.errors import UserError
-from engine.workspace import datasets_dir
+from engine.workspace import cache_dir, datasets_dir
 
-__all__ = ["Dataset", "load_dataset", "scan_folder", "assign_split", "MANIFEST_COLUMNS"]
+__all__ = ["Dataset", "load_dataset", "scan_folder", "assign_split", "check_label", "find_table",
+           "MANIFEST_COLUMNS", "TABLE_NAMES"]
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
-MANIFEST_COLUMNS = ["path", "label", "split", "width", "height", "mode", "bytes", "status"]
+# hash: content hash of the bytes (exact duplicates); phash: 64-bit DCT perceptual hash
+# (near duplicates);
+# mtime_ns lets a rescan skip files that have not changed.
+MANIFEST_COLUMNS = ["path", "label", "split", "width", "height", "mode", "bytes", "status",
+                    "hash", "phash", "mtime_ns"]
+_FACT_COLUMNS = ["width", "height", "mode", "hash", "phash", "status"]
+TABLE_NAMES = ("labels.csv", "labels.parquet")
+TABLE_SUFFIXES = {".csv", ".parquet"}
 MAX_LABEL_LENGTH = 100
+MAX_TABLE_ROWS = 1_000_000
+_SCAN_THREADS = 2
+_SCAN_CHUNK = 128
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -32,6 +48,10 @@ class Dataset:
     root: Path
     manifest: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    # "folders" (train/ val/ given), "table" (split column) or "generated" (stratified, seeded).
+    split_source: str = "generated"
+    val_fraction: float = 0.2
+    seed: int = 0
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -67,58 +87,242 @@ class Dataset:
         }
 
 
-def _check_label(label: str) -> str | None:
+def check_label(label: str) -> str | None:
+    """Why a class name cannot be used, or None. Unicode names are fine."""
     if not label.strip():
         return "empty class name"
     if len(label) > MAX_LABEL_LENGTH:
         return f"class name longer than {MAX_LABEL_LENGTH} characters"
+    if "/" in label or "\\" in label:
+        return "class name contains a path separator"
+    if any(ord(c) < 32 for c in label):
+        return "class name contains control characters"
     return None
 
 
+def _manifest_cache_file(root: Path) -> Path:
+    # The version part changes whenever the per-file facts are computed differently.
+    key = hashlib.blake2b(f"v4:{Path(root).resolve()}".encode(), digest_size=10).hexdigest()
+    return cache_dir() / "manifests" / f"{key}.parquet"
+
+
+def _read_facts_cache(root: Path) -> dict[str, dict]:
+    try:
+        cached = pd.read_parquet(_manifest_cache_file(root))
+    except Exception:  # missing or damaged: rebuild
+        return {}
+    return {row["path"]: row for row in cached.to_dict("records")}
+
+
+def _write_facts_cache(root: Path, manifest: pd.DataFrame) -> None:
+    path = _manifest_cache_file(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        manifest.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a cache we cannot write only costs time
+
+
+def _fill_facts(root: Path, rows: list[dict], progress: Progress | None) -> None:
+    """Content hash, perceptual hash, size and status of every pending row.
+
+    Files whose size and mtime match the cached manifest are not read again;
+    the rest are read once each, two at a time (decoders release the GIL).
+    """
+    cached = _read_facts_cache(root)
+    todo = []
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        old = cached.get(row["path"])
+        if (old is not None and old["bytes"] == row["bytes"] and old["mtime_ns"] == row["mtime_ns"]
+                and all(k in old for k in _FACT_COLUMNS)):
+            row.update({k: old[k] for k in _FACT_COLUMNS})
+        else:
+            todo.append(row)
+    total = len(todo)
+    if progress:
+        progress(0, total)
+    root_text = str(root)
+    chunks = [todo[i : i + _SCAN_CHUNK] for i in range(0, total, _SCAN_CHUNK)]
+
+    def work(chunk: list[dict]) -> list[dict]:
+        return [inspect_file(os.path.join(root_text, row["path"])) for row in chunk]
+
+    done = 0
+    # Chunks, not one task per file: tiny files are dominated by per-task overhead.
+    with ThreadPoolExecutor(max_workers=_SCAN_THREADS) as pool:
+        for chunk, results in zip(chunks, pool.map(work, chunks)):
+            for row, facts in zip(chunk, results):
+                row.update(facts)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+
+
+def _file_row(path: Path, root: Path, label: str, split: str, st: os.stat_result | None = None) -> dict:
+    st = st or path.stat()
+    return {"path": path.relative_to(root).as_posix(), "label": label, "split": split, "width": 0, "height": 0,
+            "mode": "", "bytes": st.st_size, "status": "ok", "hash": "", "phash": 0,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def _walk_files(folder: Path) -> list[tuple[str, os.stat_result]]:
+    """Regular files under ``folder`` (relative posix paths, stats), skipping hidden files and links."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, folder)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                found.append((name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"), st))
+    return found
+
+
 def _scan_classes(folder: Path, root: Path, split: str, rows: list[dict], problems: list[str]) -> None:
+    prefix = folder.relative_to(root).as_posix()
+    prefix = "" if prefix == "." else prefix + "/"
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         label = class_dir.name
-        bad_label = _check_label(label)
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_symlink() or not path.is_file() or path.name.startswith("."):
-                continue
-            row = {"path": path.relative_to(root).as_posix(), "label": label, "split": split,
-                   "width": 0, "height": 0, "mode": "", "bytes": path.stat().st_size, "status": "ok"}
+        bad_label = check_label(label)
+        files = _walk_files(class_dir)
+        if not files:
+            where = f"{split}/{label}" if split else label
+            problems.append(f"class folder '{where}' is empty and was ignored")
+        for rel, st in files:
+            suffix = os.path.splitext(rel)[1].lower()
+            row = {"path": f"{prefix}{label}/{rel}", "label": label, "split": split, "width": 0, "height": 0,
+                   "mode": "", "bytes": st.st_size, "status": "ok", "hash": "", "phash": 0,
+                   "mtime_ns": st.st_mtime_ns}
             if bad_label:
-                row["status"] = bad_label
-            elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                row["status"] = f"not an image file ({path.suffix or 'no extension'})"
-            else:
-                try:
-                    row["width"], row["height"], row["mode"] = probe_image(path)
-                except ImageProblem as exc:
-                    row["status"] = str(exc)
+                row["status"] = f"{bad_label} ({label[:40]!r})"
+            elif suffix not in IMAGE_SUFFIXES:
+                row["status"] = f"not an image file ({suffix or 'no extension'})"
             rows.append(row)
     loose = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if loose:
         problems.append(f"{len(loose)} image(s) directly in {folder.name or 'the top folder'} are not in a class folder and were ignored")
 
 
-def scan_folder(root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Manifest rows for every file under ``root``, reading image headers only."""
+def _read_table(table: Path) -> pd.DataFrame:
+    try:
+        if table.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(table)
+        else:
+            frame = pd.read_csv(table, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {table.name} as a table ({type(exc).__name__}: {str(exc)[:120]})") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    if not {"path", "label"} <= set(frame.columns):
+        raise UserError(f"{table.name} needs columns 'path' and 'label' (and optionally 'split'); "
+                        f"it has {', '.join(frame.columns[:8]) or 'none'}")
+    if len(frame) > MAX_TABLE_ROWS:
+        raise UserError(f"{table.name} has {len(frame):,} rows, over the limit of {MAX_TABLE_ROWS:,}")
+    return frame
+
+
+def _table_path(text: str, root: Path, real_root: Path) -> tuple[Path | None, str | None]:
+    """The file a table row names, or why it cannot be used. Never looks outside ``root``."""
+    posix = PurePosixPath(text.strip().replace("\\", "/"))
+    if not text.strip():
+        return None, "empty path"
+    if posix.is_absolute() or (posix.parts and posix.parts[0].endswith(":")) or ".." in posix.parts:
+        return None, "path leaves the dataset folder (absolute or '..'); only paths inside it are read"
+    path = root.joinpath(*posix.parts)
+    try:
+        if not path.resolve().is_relative_to(real_root):
+            return None, "path leaves the dataset folder through a link"
+    except (OSError, RuntimeError):
+        return None, "path cannot be resolved"
+    if not path.is_file():
+        return None, "file listed in the table does not exist"
+    return path, None
+
+
+def _scan_table(table: Path, root: Path, rows: list[dict], problems: list[str]) -> None:
+    frame = _read_table(table)
+    real_root = root.resolve()
+    seen: set[str] = set()
+    splits = frame["split"] if "split" in frame.columns else [""] * len(frame)
+    for number, (text, label, split_text) in enumerate(zip(frame["path"], frame["label"], splits), start=2):
+        text, label, split_text = str(text), "" if pd.isna(label) else str(label).strip(), str(split_text).strip()
+        split = SPLIT_ALIASES.get(split_text.lower(), "") if split_text else ""
+        path, why = _table_path(text, root, real_root)
+        rel = path.relative_to(root).as_posix() if path is not None else text
+        if path is not None:
+            row = _file_row(path, root, label, split)
+        else:
+            row = {"path": text, "label": label, "split": split, "width": 0, "height": 0, "mode": "", "bytes": 0,
+                   "status": f"row {number}: {why}", "hash": "", "phash": 0, "mtime_ns": 0}
+        bad_label = check_label(label)
+        if why is None and rel in seen:
+            row["status"] = f"row {number}: file listed more than once in the table"
+        elif why is None and bad_label:
+            row["status"] = f"row {number}: {bad_label} ({label[:40]!r})"
+        elif why is None and split_text and not split:
+            row["status"] = f"row {number}: unknown split {split_text[:20]!r} (use train, val or test)"
+        elif why is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+            row["status"] = f"not an image file ({path.suffix or 'no extension'})"
+        seen.add(rel)
+        rows.append(row)
+    if not rows:
+        problems.append(f"{table.name} lists no images")
+
+
+def find_table(root: Path) -> Path | None:
+    """``labels.csv`` / ``labels.parquet`` at the top of a folder makes it a table dataset."""
+    for name in TABLE_NAMES:
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    return None
+
+
+def scan_folder(root: Path, table: Path | None = None,
+                progress: Progress | None = None) -> tuple[pd.DataFrame, list[str]]:
+    manifest, problems, _root = _scan(root, table, progress)
+    return manifest, problems
+
+
+def _scan(root: Path, table: Path | None = None,
+          progress: Progress | None = None) -> tuple[pd.DataFrame, list[str], Path]:
+    """The manifest of ``root``: one row per file, hashed and header-checked once.
+
+    Class folders (optionally under ``train/``, ``val/``, ``test/``), or the
+    rows of ``table`` (a CSV/parquet of path,label[,split] relative to
+    ``root``; found automatically as ``labels.csv`` at the top).
+    """
     root = Path(root)
-    # A zip of one wrapping folder: look inside it.
-    entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
-    if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in SPLIT_ALIASES:
-        inner = [p for p in entries[0].iterdir() if p.is_dir()]
-        if inner and all(any(c.is_dir() for c in d.iterdir()) or d.name.lower() in SPLIT_ALIASES for d in inner):
-            root = entries[0]
+    table = table or find_table(root)
     rows: list[dict] = []
     problems: list[str] = []
-    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    split_dirs = {p: SPLIT_ALIASES[p.name.lower()] for p in subdirs if p.name.lower() in SPLIT_ALIASES}
-    if split_dirs and "train" in split_dirs.values():
-        for folder, split in split_dirs.items():
-            _scan_classes(folder, root, split, rows, problems)
+    if table is not None:
+        _scan_table(Path(table), root, rows, problems)
     else:
-        _scan_classes(root, root, "", rows, problems)
+        # A zip of one wrapping folder: look inside it.
+        entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in SPLIT_ALIASES:
+            inner = [p for p in entries[0].iterdir() if p.is_dir()]
+            if inner and all(any(c.is_dir() for c in d.iterdir()) or d.name.lower() in SPLIT_ALIASES for d in inner):
+                root = entries[0]
+        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        split_dirs = {p: SPLIT_ALIASES[p.name.lower()] for p in subdirs if p.name.lower() in SPLIT_ALIASES}
+        if split_dirs and "train" in split_dirs.values():
+            for folder, split in split_dirs.items():
+                _scan_classes(folder, root, split, rows, problems)
+        else:
+            _scan_classes(root, root, "", rows, problems)
+    _fill_facts(root, rows, progress)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    return manifest, problems
+    manifest = manifest.astype({"phash": "int64", "width": "int64", "height": "int64",
+                                "bytes": "int64", "mtime_ns": "int64"})
+    if len(manifest):
+        _write_facts_cache(root, manifest)
+    return manifest, problems, root
 
 
 def assign_split(manifest: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
@@ -161,31 +365,48 @@ def _dataset_from_zip(path: Path) -> tuple[str, Path]:
     return path.stem, dest
 
 
-def load_dataset(spec: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Resolve ``spec`` to a dataset with a manifest and a train/val split."""
+def load_dataset(spec: str | Path, val_fraction: float = 0.2, seed: int = 0,
+                 progress: Progress | None = None) -> Dataset:
+    """Resolve ``spec`` to a dataset with a manifest and a train/val split.
+
+    ``spec`` is a built-in name, a folder (class folders, or a ``labels.csv``
+    at its top), a .zip of class folders, or a CSV/parquet file of
+    path,label[,split] whose paths are relative to the file's folder.
+    ``progress(done, total)`` is called while new files are hashed.
+    """
     text = str(spec)
+    table = None
     if text in BUILTIN_DATASETS:
         name, root = text, materialise(text)
     else:
         path = Path(text).expanduser()
         if not path.exists():
             raise UserError(
-                f"'{text}' is neither a folder, a .zip nor a built-in dataset "
+                f"'{text}' is neither a folder, a .zip, a .csv nor a built-in dataset "
                 f"({', '.join(BUILTIN_DATASETS)})"
             )
-        if path.is_file():
+        if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+            name, root, table = path.parent.name, path.parent, path
+        elif path.is_file():
             name, root = _dataset_from_zip(path)
         else:
             name, root = path.name, path
-    manifest, problems = scan_folder(root)
+    manifest, problems, root = _scan(root, table, progress)
     if manifest.empty:
         raise UserError(
             f"no class folders with images found in '{text}'; expected class_name/image.jpg "
-            "(optionally under train/ and val/)"
+            "(optionally under train/ and val/), or a labels.csv of path,label"
         )
+    given = set(manifest.loc[manifest["status"] == "ok", "split"]) - {""}
+    split_source = ("table" if table is not None or find_table(root) else "folders") \
+        if "train" in given and given & {"val", "test"} else "generated"
     manifest = assign_split(manifest, val_fraction=val_fraction, seed=seed)
-    dataset = Dataset(name=name, root=Path(root), manifest=manifest, problems=problems)
+    dataset = Dataset(name=name, root=Path(root), manifest=manifest, problems=problems,
+                      split_source=split_source, val_fraction=val_fraction, seed=seed)
     usable = dataset.usable
+    for label in sorted(set(manifest["label"]) - set(usable["label"])):
+        if label and not check_label(label):
+            problems.append(f"class '{label}' has no readable images and was left out")
     if usable.empty:
         first = manifest["status"].iloc[0]
         raise UserError(f"none of the {len(manifest)} files in '{text}' is a readable image (e.g. {first})")

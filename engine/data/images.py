@@ -6,6 +6,8 @@ so the app, the CLI and the ONNX consumer see the same pixels.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from pathlib import Path
 
@@ -15,7 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
+    "MAX_FILE_BYTES",
     "ImageProblem",
+    "inspect_file",
+    "perceptual_hash",
+    "hamming",
     "load_rgb",
     "probe_image",
     "resize_center_crop",
@@ -24,6 +30,12 @@ __all__ = [
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 # 40 MP is larger than any sensible training image and far below a bomb.
 MAX_IMAGE_PIXELS = 40_000_000
+
+
+# Larger files are refused before they are read into memory.
+MAX_FILE_BYTES = 256 * 1024**2
+# EXIF orientations 5-8 turn the picture by 90 degrees: width and height swap.
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageProblem(ValueError):
@@ -48,6 +60,87 @@ def probe_image(path: Path) -> tuple[int, int, str]:
     if fmt is None:
         raise ImageProblem("not an image (unrecognised format)")
     return width, height, mode
+
+
+def _dct_rows(n: int, keep: int) -> np.ndarray:
+    """The first ``keep`` rows of the orthonormal DCT-II matrix of size ``n``."""
+    k, x = np.arange(keep)[:, None], np.arange(n)[None, :]
+    rows = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    rows[0] /= np.sqrt(2.0)
+    return rows.astype(np.float32)
+
+
+# Only the 8 lowest frequencies are needed: two small matmuls, not a full 2-D DCT.
+_DCT_LOW = _dct_rows(32, 8)
+
+
+def perceptual_hash(img: Image.Image) -> int:
+    """64-bit DCT perceptual hash (pHash) as int64.
+
+    The 8x8 lowest frequencies of a 32x32 grey thumbnail's DCT, each compared
+    with their median. Low frequencies survive resizing, re-encoding and
+    sensor noise, which flip many bits of a gradient hash (dHash) on images
+    with flat, noisy backgrounds.
+    """
+    grey = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32)
+    low = (_DCT_LOW @ grey @ _DCT_LOW.T).ravel()
+    bits = low > np.median(low[1:])
+    return int(np.packbits(bits).view(">u8")[0].astype(np.int64))
+
+
+def inspect_file(path: Path) -> dict:
+    """Everything the manifest needs about one file, reading it once.
+
+    Returns ``width, height`` (after EXIF rotation), ``mode``, ``hash`` (content
+    hash of the bytes), ``phash`` (64-bit DCT perceptual hash as int64) and ``status`` ("ok"
+    or the reason the file is unusable). The pixels are decoded once, at a
+    reduced scale where the codec allows it (JPEG ``draft``), which also
+    proves the file is complete: a truncated image fails here, not in training.
+    """
+    facts = {"width": 0, "height": 0, "mode": "", "hash": "", "phash": 0, "status": "ok"}
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            facts["status"] = f"file is over the {MAX_FILE_BYTES // 1024**2} MB limit"
+            return facts
+    except OSError as exc:
+        facts["status"] = f"cannot read file ({exc.strerror or exc})"
+        return facts
+    facts["hash"] = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if img.format is None:
+                    raise ImageProblem("not an image (unrecognised format)")
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageProblem(f"image is {width}x{height}, over the {MAX_IMAGE_PIXELS:,} pixel limit")
+                mode = img.mode
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+                img.draft("RGB" if mode not in ("L", "1") else "L", (32, 32))
+                img.load()
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                thumb = ImageOps.exif_transpose(img) if orientation != 1 else img
+                if thumb.mode not in ("L", "RGB", "1", "P", "RGBA", "LA", "CMYK", "YCbCr"):
+                    thumb = _to_rgb(thumb)
+                facts.update(width=width, height=height, mode=mode, phash=perceptual_hash(thumb))
+    except ImageProblem as exc:
+        facts["status"] = str(exc)
+    except UnidentifiedImageError:
+        facts["status"] = "not an image (unrecognised format)"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        facts["status"] = "image dimensions are too large (decompression bomb)"
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        facts["status"] = f"unreadable or truncated image ({exc})"
+    return facts
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit distance between 64-bit hashes (broadcasting)."""
+    return np.bitwise_count(np.bitwise_xor(a.astype(np.int64), b.astype(np.int64)))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

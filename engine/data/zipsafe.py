@@ -9,7 +9,27 @@ from pathlib import Path, PurePosixPath
 
 from engine.errors import UserError
 
-__all__ = ["ZipLimits", "safe_extract"]
+__all__ = ["ZipLimits", "safe_extract", "max_upload_bytes", "check_upload_size"]
+
+DEFAULT_MAX_UPLOAD_MB = 200  # same as server.maxUploadSize in .streamlit/config.toml
+
+
+def max_upload_bytes() -> int:
+    """Engine-side upload limit: ``$TS_MAX_UPLOAD_MB`` (default 200 MB)."""
+    text = os.environ.get("TS_MAX_UPLOAD_MB", "")
+    try:
+        mb = float(text) if text else DEFAULT_MAX_UPLOAD_MB
+    except ValueError:
+        mb = DEFAULT_MAX_UPLOAD_MB
+    return int(mb * 1024**2)
+
+
+def check_upload_size(path: Path) -> None:
+    """Refuse an upload over the limit before anything reads or extracts it."""
+    size, limit = Path(path).stat().st_size, max_upload_bytes()
+    if size > limit:
+        raise UserError(f"{Path(path).name} is {size / 1024**2:,.1f} MB, over the {limit / 1024**2:,.0f} MB upload "
+                        "limit (TS_MAX_UPLOAD_MB); upload fewer or smaller images")
 
 
 class ZipLimits:
@@ -41,6 +61,7 @@ def safe_extract(zip_path: Path, dest: Path, limits: type[ZipLimits] = ZipLimits
     entries, and entries whose declared or actual size breaks the limits.
     """
     zip_path, dest = Path(zip_path), Path(dest)
+    check_upload_size(zip_path)
     if not zipfile.is_zipfile(zip_path):
         raise UserError(f"{zip_path.name} is not a zip archive; upload a .zip of class folders")
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")

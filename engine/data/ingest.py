@@ -1,0 +1,161 @@
+"""Every way a dataset comes in, and which dataset names a visitor may open.
+
+Uploads (a .zip of class folders, or a CSV/parquet table plus a .zip of the
+images) are extracted safely into a new folder under the workspace datasets
+dir, named by content hash so re-uploading the same file reuses it. Folders
+on the server are offered only under the data roots an operator lists in
+``$TS_DATA_ROOTS`` (``os.pathsep``-separated); a path typed by a visitor or
+taken from the URL is never opened unless :func:`validate_spec` allows it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from engine.data.builtin import BUILTIN_DATASETS
+from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, _read_table
+from engine.data.zipsafe import check_upload_size, safe_extract
+from engine.errors import UserError
+from engine.workspace import datasets_dir
+
+__all__ = [
+    "data_roots",
+    "validate_spec",
+    "ingest_zip",
+    "ingest_table",
+    "server_datasets",
+    "uploaded_datasets",
+    "uploads_dir",
+]
+
+_MAX_LISTED = 500
+
+
+def data_roots() -> list[Path]:
+    """Operator-configured folders whose datasets visitors may open (``$TS_DATA_ROOTS``)."""
+    roots = []
+    for text in os.environ.get("TS_DATA_ROOTS", "").split(os.pathsep):
+        if text.strip():
+            path = Path(text.strip()).expanduser().resolve()
+            if path.is_dir():
+                roots.append(path)
+    return roots
+
+
+def uploads_dir() -> Path:
+    """Where the page saves an upload before extracting it (inside the workspace)."""
+    path = datasets_dir() / ".uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def validate_spec(spec: str | None) -> str:
+    """``spec`` if a visitor may open it, else a UserError saying why.
+
+    Allowed: a built-in dataset name; a folder (or CSV/parquet table) under
+    the workspace datasets dir or under an operator data root. Links are
+    resolved first, so a symlink cannot lead outside those roots.
+    """
+    text = str(spec or "").strip()
+    if text in BUILTIN_DATASETS:
+        return text
+    if not text:
+        raise UserError("no dataset given")
+    try:
+        real = Path(text).resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise UserError(f"dataset '{text[:80]}' is not a valid path") from None
+    allowed = [datasets_dir().resolve(), *data_roots()]
+    if not any(real != root and real.is_relative_to(root) for root in allowed):
+        raise UserError(f"dataset '{text[:80]}' is not a built-in dataset, an upload or under a configured "
+                        "data root (TS_DATA_ROOTS); pick one on the Dataset page")
+    if not (real.is_dir() or (real.is_file() and real.suffix.lower() in TABLE_SUFFIXES)):
+        raise UserError(f"dataset '{text[:80]}' no longer exists; pick or upload another on the Dataset page")
+    return str(real)
+
+
+def _digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def _folder_name(stem: str, digest: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:40].strip("_") or "upload"
+    return f"{safe}-{digest}"
+
+
+def ingest_zip(zip_path: Path, name: str | None = None) -> Path:
+    """Extract an uploaded .zip of class folders into its own dataset folder."""
+    zip_path = Path(zip_path)
+    check_upload_size(zip_path)
+    dest = datasets_dir() / _folder_name(Path(name or zip_path.name).stem, _digest(zip_path))
+    if not dest.is_dir():
+        safe_extract(zip_path, dest)
+    return dest
+
+
+def ingest_table(table_path: Path, images_zip: Path, name: str | None = None) -> Path:
+    """A CSV/parquet of path,label[,split] plus a .zip of the images it names.
+
+    The images are extracted into a new dataset folder and the table is stored
+    beside them as ``labels.csv``/``labels.parquet``; the paths in the table
+    are read relative to that folder, and rows that point outside it or at
+    missing files are listed as problems when the dataset is scanned.
+    """
+    table_path, images_zip = Path(table_path), Path(images_zip)
+    suffix = table_path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise UserError(f"{table_path.name} is not a .csv or .parquet table of path,label[,split]")
+    check_upload_size(table_path)
+    check_upload_size(images_zip)
+    _read_table(table_path)  # fail now, before extracting, if the columns are wrong
+    stem = Path(name or table_path.name).stem
+    dest = datasets_dir() / _folder_name(stem, _digest(table_path, images_zip))
+    if dest.is_dir():
+        return dest
+    stage = dest.with_name(f".{dest.name}.stage-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        safe_extract(images_zip, stage)
+        table_name = "labels.parquet" if suffix == ".parquet" else "labels.csv"
+        for other in TABLE_NAMES:  # the uploaded table wins over one inside the zip
+            (stage / other).unlink(missing_ok=True)
+        shutil.copyfile(table_path, stage / table_name)
+        try:
+            os.replace(stage, dest)
+        except OSError:  # someone uploaded the same pair at the same moment
+            shutil.rmtree(stage, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return dest
+
+
+def server_datasets() -> list[str]:
+    """Dataset folders and tables an operator has put under the data roots (two levels deep)."""
+    found: list[str] = []
+    for root in data_roots():
+        for depth_one in sorted(root.iterdir()):
+            if len(found) >= _MAX_LISTED:
+                return found
+            if depth_one.name.startswith("."):
+                continue
+            if depth_one.is_dir():
+                found.append(str(depth_one))
+            elif depth_one.suffix.lower() in TABLE_SUFFIXES and depth_one.name not in TABLE_NAMES:
+                found.append(str(depth_one))
+    return found
+
+
+def uploaded_datasets() -> list[str]:
+    """Dataset folders made from uploads, newest first."""
+    folders = [p for p in datasets_dir().iterdir()
+               if p.is_dir() and not p.name.startswith(".") and not p.name.startswith("builtin-")]
+    return [str(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)]
+

@@ -1,0 +1,239 @@
+"""Dataset page: bring data in (built-in, .zip, CSV + images, server folder) and check its health.
+
+The chosen validation fraction is kept in ``st.session_state["val_fraction"]``;
+the Train page reads it into ``TrainConfig.val_fraction`` so training sees the
+same split as this page.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from engine.data.builtin import BUILTIN_DATASETS
+from engine.data.health import health_check
+from engine.data.images import ImageProblem, load_rgb
+from engine.data.ingest import ingest_table, ingest_zip, server_datasets, uploaded_datasets, uploads_dir
+from engine.errors import UserError
+from pages.common import current_dataset, set_dataset
+
+GALLERY = 24
+
+
+def _save_upload(upload, suffix: str) -> Path:
+    """The upload as a temp file inside the workspace (never in a shared /tmp)."""
+    fd, name = tempfile.mkstemp(dir=uploads_dir(), suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(upload.getbuffer())
+    return Path(name)
+
+
+def _ingest(make, *uploads) -> str | None:
+    saved = []
+    try:
+        for upload in uploads:
+            saved.append(_save_upload(upload, Path(upload.name).suffix.lower()))
+        return str(make(*saved, name=uploads[0].name))
+    except UserError as exc:
+        st.error(str(exc))
+        return None
+    finally:
+        for path in saved:
+            path.unlink(missing_ok=True)
+
+
+def _label(spec: str) -> str:
+    return spec if spec in BUILTIN_DATASETS else Path(spec).name
+
+
+def _choose_source(spec: str) -> str:
+    built_in, upload_zip, upload_csv, server, previous = st.tabs(
+        ["Built-in", "Upload .zip", "Upload CSV + images", "Server folder", "Earlier uploads"])
+    with built_in:
+        names = list(BUILTIN_DATASETS)
+        pick = st.selectbox("Built-in dataset", names, index=names.index(spec) if spec in names else 0,
+                            key="builtin_pick")
+        st.caption(BUILTIN_DATASETS[pick].description)
+        if st.button("Use this dataset", key="use_builtin"):
+            spec = pick
+    with upload_zip:
+        st.caption("A .zip of class folders (class_name/image.jpg), optionally under train/, val/, test/.")
+        upload = st.file_uploader("Dataset .zip", type=["zip"], key="zip_upload")
+        if upload is not None and st.button("Extract and use", key="use_zip"):
+            spec = _ingest(ingest_zip, upload) or spec
+    with upload_csv:
+        st.caption("A CSV or parquet with columns path,label[,split]; paths are relative to the top of the "
+                   "images .zip.")
+        table = st.file_uploader("Labels table", type=["csv", "parquet"], key="table_upload")
+        images = st.file_uploader("Images .zip", type=["zip"], key="images_upload")
+        if table is not None and images is not None and st.button("Extract and use", key="use_table"):
+            spec = _ingest(ingest_table, table, images) or spec
+    with server:
+        found = server_datasets()
+        if not found:
+            st.info("No server data roots are configured. An operator lists folders in TS_DATA_ROOTS "
+                    "(separated by ':'); their datasets then appear here.")
+        else:
+            pick = st.selectbox("Dataset on the server", found, format_func=lambda p: p, key="server_pick")
+            if st.button("Use this folder", key="use_server"):
+                spec = pick
+    with previous:
+        earlier = uploaded_datasets()
+        if not earlier:
+            st.caption("No uploads yet.")
+        else:
+            pick = st.selectbox("Earlier upload", earlier, format_func=_label, key="previous_pick")
+            if st.button("Use this upload", key="use_previous"):
+                spec = pick
+    return spec
+
+
+def _gallery(root: Path, rows: pd.DataFrame, captions: list[str] | None = None) -> None:
+    images, texts = [], []
+    for i, rel in enumerate(rows["path"].head(GALLERY)):
+        try:
+            images.append(load_rgb(root / rel))
+            texts.append(captions[i] if captions else Path(rel).name)
+        except (ImageProblem, OSError):
+            continue
+    if images:
+        st.image(images, caption=texts, width=96)
+
+
+def _table(frame: pd.DataFrame, name: str, key: str) -> None:
+    st.dataframe(frame, hide_index=True, width="stretch")
+    st.download_button(f"Download {name} (CSV)", frame.to_csv(index=False).encode(), file_name=f"{name}.csv",
+                       mime="text/csv", key=key)
+
+
+st.title("Dataset")
+spec = _choose_source(current_dataset())
+if spec != current_dataset():
+    set_dataset(spec)
+
+val_fraction = st.slider("Validation fraction (used when the data has no train/val split)", 0.05, 0.5,
+                         float(st.session_state.get("val_fraction", 0.2)), 0.05)
+st.session_state["val_fraction"] = val_fraction
+
+bar = st.progress(0.0, text="Checking files")
+try:
+    dataset, health = health_check(
+        spec, val_fraction=val_fraction,
+        progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Checking files: {done}/{total}"),
+    )
+except UserError as exc:
+    bar.empty()
+    st.error(str(exc))
+    st.stop()
+bar.empty()
+
+manifest, usable = dataset.manifest, dataset.usable
+st.subheader(_label(spec))
+cols = st.columns(4)
+cols[0].metric("Usable images", f"{health['num_usable']:,}")
+cols[1].metric("Classes", len(dataset.classes))
+cols[2].metric("Left out", f"{health['num_files'] - health['num_usable']:,}")
+cols[3].metric("Flagged", f"{health['flagged']['count']:,}")
+for error in health["errors"]:
+    st.error(error)
+for warning in health["warnings"]:
+    st.warning(warning)
+if not health["warnings"] and not health["errors"]:
+    st.success("No problems found.")
+
+st.header("Class balance")
+counts = usable.groupby(["label", "split"]).size().reset_index(name="images")
+st.plotly_chart(px.bar(counts, x="label", y="images", color="split", barmode="group"), width="stretch")
+balance = health["balance"]
+ratio = balance["imbalance_ratio"]
+st.write(f"Imbalance ratio (largest / smallest training class): **{ratio:.2f}**" if ratio else
+         "Some class has no training images.")
+weights = pd.DataFrame({"class": list(balance["train_counts"]),
+                        "train images": list(balance["train_counts"].values()),
+                        "suggested weight": [balance["class_weights"].get(c) for c in balance["train_counts"]]})
+_table(weights, "class_balance", "dl_balance")
+if balance["suggest_class_weights"]:
+    st.info("Classes are imbalanced: weighting the loss by the suggested weights keeps small classes from "
+            "being ignored.")
+
+st.header("Split")
+split = health["split"]
+if split["source"] == "generated":
+    st.write(f"No split in the data: a stratified split with seed {split['seed']} sends "
+             f"{split['val_fraction']:.0%} of each class to validation.")
+else:
+    st.write(f"Split taken from the data ({split['source']}); the slider above does not change it.")
+st.write(", ".join(f"{k}: **{v}**" for k, v in split["sizes"].items()))
+
+st.header("Images")
+c1, c2 = st.columns(2)
+c1.plotly_chart(px.histogram(usable, x="width", color="label", title="Width (px)"), width="stretch")
+c2.plotly_chart(px.histogram(usable, x="height", color="label", title="Height (px)"), width="stretch")
+c3, c4 = st.columns(2)
+c3.plotly_chart(px.scatter(usable.assign(aspect=usable["width"] / usable["height"]), x="width", y="height",
+                           color="label", hover_data=["path", "aspect"], title="Size and aspect ratio"),
+                width="stretch")
+c4.plotly_chart(px.histogram(usable.assign(kb=usable["bytes"] / 1024), x="kb", title="File size (KB)"),
+                width="stretch")
+st.write("Colour modes: " + ", ".join(f"{k} **{v}**" for k, v in health["images"]["modes"].items()))
+
+st.header("Unreadable files")
+bad = manifest[manifest["status"] != "ok"][["path", "label", "status"]]
+if bad.empty:
+    st.write("Every file is a readable image.")
+else:
+    st.write(f"{len(bad)} file(s) are left out of training:")
+    _table(bad, "unreadable_files", "dl_bad")
+
+st.header("Duplicates")
+for kind, title in (("exact", "Exact duplicates (identical bytes)"),
+                    ("near", "Near-duplicates (perceptual hash)")):
+    d = health["duplicates"][kind]
+    st.subheader(title)
+    st.write(f"{d['pairs']} pair(s): {d['within_class']} within a class, {d['conflicting_labels']} with "
+             f"conflicting labels, {d['across_splits']} across train/val (leakage).")
+    if d["examples"]:
+        _table(pd.DataFrame(d["examples"]), f"{kind}_duplicates", f"dl_{kind}")
+
+st.header("Gallery")
+label = st.selectbox("Class", dataset.classes, key="gallery_class")
+_gallery(dataset.root, usable[usable["label"] == label])
+
+flagged = pd.DataFrame(health["flagged"]["examples"])
+st.subheader("Flagged images")
+if flagged.empty:
+    st.write("Nothing flagged.")
+else:
+    viewable = flagged[flagged["path"].isin(set(usable["path"]))]
+    _gallery(dataset.root, viewable, captions=[f"{r.label}: {r.reason[:60]}" for r in viewable.itertuples()])
+    _table(flagged, "flagged_images", "dl_flagged")
+
+st.header("Embedding map")
+st.caption("MobileNetV2 features of up to 2,000 images at 96 px, projected to 2-D. Points whose nearest "
+           "neighbours mostly carry another label may be mislabelled.")
+method = st.radio("Projection", ["pca", "tsne"], horizontal=True, key="embed_method")
+if st.button("Compute embedding map", key="embed_go") or st.session_state.get("embed_for") == (spec, method):
+    from engine.data.embedding import embedding_map
+
+    embed_bar = st.progress(0.0, text="Computing features")
+    try:
+        points = embedding_map(dataset, method=method,
+                               progress=lambda done, total: embed_bar.progress(done / max(total, 1)))
+        st.session_state["embed_for"] = (spec, method)
+    except UserError as exc:
+        st.error(str(exc))
+        points = None
+    embed_bar.empty()
+    if points is not None:
+        st.plotly_chart(px.scatter(points, x="x", y="y", color="label", symbol="suspect",
+                                   hover_data=["path", "label", "split", "neighbour_agreement"]),
+                        width="stretch")
+        suspects = points[points["suspect"]]
+        st.write(f"{len(suspects)} possible mislabel(s).")
+        if len(suspects):
+            _gallery(dataset.root, suspects, captions=list(suspects["label"].head(GALLERY)))
+            _table(suspects, "possible_mislabels", "dl_suspects")
