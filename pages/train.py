@@ -1,0 +1,244 @@
+"""Train page: configure a run, queue it, and watch it train, live.
+
+The run trains in a worker process (engine.jobs); this page only writes the
+run's config, submits it, and reads the run directory back every second, so a
+refresh or another page never stops it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine import jobs
+from engine.data.dataset import load_dataset
+from engine.data.images import ImageProblem
+from engine.errors import UserError
+from engine.models import get_spec
+from engine.models.registry import weights_available
+from engine.run_view import run_settled, suggest_image_size
+from engine.runs import new_run
+from engine.training.augment import AUGMENT_PRESETS
+from engine.training.config import DEFAULT_EPOCHS, DEFAULT_LR, MODES, TrainConfig
+from pages.common import current_backbone, current_dataset, current_run, set_run
+
+MODE_LABELS = {"linear": "Linear probe", "partial": "Partial fine-tune", "gradual": "Gradual unfreezing",
+               "full": "Full fine-tune", "scratch": "From scratch"}
+MODE_HELP = {
+    "linear": "only the new head trains; fastest, good with little data",
+    "partial": "head + the last backbone stages",
+    "gradual": "head first, then one more stage each epoch",
+    "full": "every layer; best with more data and a GPU",
+    "scratch": "random init, no pretraining: the baseline transfer must beat",
+}
+# Material icons, not emoji: they render without an emoji font on the server's viewers.
+STATE_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/sync:", "done": ":material/check_circle:",
+               "failed": ":material/error:", "cancelled": ":material/cancel:", "interrupted": ":material/warning:",
+               "unknown": ":material/help:"}
+
+st.title("Train")
+dataset = current_dataset()
+backbone = current_backbone()
+dataset_name = Path(dataset).name if "/" in str(dataset) else dataset
+st.caption(f"Dataset **{dataset_name}** · backbone **{backbone}** (change them on the Dataset and Backbone pages)")
+
+
+def _fmt_seconds(seconds) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ---------------------------------------------------------------- settings
+with st.container(border=True):
+    mode = st.radio("Training mode", MODES, format_func=lambda m: MODE_LABELS.get(m, m), horizontal=True,
+                    captions=[MODE_HELP.get(m, "") for m in MODES], key="train_mode")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    # Keyed per mode so switching mode brings up that mode's defaults.
+    epochs = c1.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[mode], key=f"train_epochs_{mode}")
+    lr = c2.number_input("Learning rate", 1e-6, 1.0, DEFAULT_LR[mode], format="%.0e", step=1e-4,
+                         key=f"train_lr_{mode}", help="for the new head; pretrained layers get a tenth of it")
+    try:
+        suggested, why = suggest_image_size(backbone, dataset)
+    except UserError as exc:  # an unknown backbone named in the URL
+        suggested, why = 96, str(exc)
+    # Keyed by backbone and dataset so a new pick brings up its own suggestion.
+    image_size = c3.number_input("Image size (px)", 32, 512, suggested, step=16, help=why,
+                                 key=f"train_size_{backbone}_{dataset}")
+    batch_size = c4.selectbox("Batch size", [8, 16, 32, 64, 128], index=2, key="train_batch")
+    augment = c5.selectbox("Augmentation", list(AUGMENT_PRESETS), index=list(AUGMENT_PRESETS).index("light"),
+                           key="train_augment", disabled=mode == "linear",
+                           help="a linear probe computes features once, without augmentation")
+    st.caption(f"Suggested image size {why}.")
+    start = st.button("Start training", type="primary", icon=":material/play_arrow:")
+
+
+def _start_run():
+    """Validate everything the user can fix here, then queue the run."""
+    config = TrainConfig(dataset=str(dataset), backbone=backbone, mode=mode, epochs=int(epochs), lr=float(lr),
+                         batch_size=int(batch_size), image_size=int(image_size), augment=augment)
+    spec = get_spec(backbone)
+    if mode != "scratch":
+        ok, source = weights_available(spec)
+        if not ok:
+            raise UserError(f"the pretrained weights of {backbone} are not on this machine ({source}); "
+                            "pick an available backbone or train from scratch")
+    with st.spinner("Checking the dataset…"):
+        load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+    run = new_run(f"{backbone}-{mode}")
+    run.write_config(config.to_dict())
+    jobs.submit(run)
+    return run
+
+
+if start:
+    try:
+        started = _start_run()
+    except (UserError, ImageProblem) as exc:
+        st.error(f"Cannot start training: {exc}")
+    else:
+        set_run(started)
+        st.rerun()  # redraw the sidebar and the run view with the new run
+
+# ---------------------------------------------------------------- the run
+run = current_run()
+if run is None:
+    st.info("No run yet. Choose the settings above and press **Start training**.")
+    st.stop()
+
+config = run.config()
+head_l, head_r = st.columns([4, 1])
+head_l.subheader(f"Run `{run.id}`")
+head_l.caption(f"{config.get('backbone')} · {MODE_LABELS.get(config.get('mode'), config.get('mode'))} · "
+               f"{config.get('epochs')} epochs · lr {config.get('lr')} · {config.get('image_size')} px · "
+               f"batch {config.get('batch_size')} · dataset {Path(str(config.get('dataset'))).name}")
+settled = run_settled(run)
+state_now = run.status().get("state")
+if not settled and state_now in ("queued", "running"):
+    if head_r.button("Cancel run", icon=":material/stop:", key="cancel_run"):
+        jobs.cancel(run)
+        st.toast("Cancel requested; the run stops at its next step.")
+elif settled and state_now in ("interrupted", "cancelled", "failed") and run.last_checkpoint.is_file():
+    if head_r.button("Resume run", icon=":material/replay:", key="resume_run",
+                     help="continue from the last finished epoch"):
+        try:
+            jobs.submit(run, resume=True)
+        except UserError as exc:
+            st.error(f"Cannot resume: {exc}")
+        else:
+            st.rerun()
+
+
+def _curves(metrics: list[dict]) -> tuple[go.Figure, go.Figure]:
+    frame = pd.DataFrame(metrics)
+    figures = []
+    for what, title in (("loss", "Loss"), ("acc", "Accuracy")):
+        long = frame.melt(id_vars="epoch", value_vars=[f"train_{what}", f"val_{what}"], var_name="split",
+                          value_name=what)
+        long["split"] = long["split"].str.replace(f"_{what}", "", regex=False)
+        fig = px.line(long, x="epoch", y=what, color="split", markers=True, title=title,
+                      color_discrete_map={"train": "#2563eb", "val": "#f97316"})
+        fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
+        if what == "acc":
+            fig.update_yaxes(range=[0, 1.02])
+        figures.append(fig)
+    return figures[0], figures[1]
+
+
+def _draw_status(status: dict) -> None:
+    state = status.get("state", "unknown")
+    stage = status.get("stage") or ""
+    message = status.get("message") or ""
+    st.markdown(f"**State:** {STATE_ICONS.get(state, '')} `{state}` · **stage:** {stage}"
+                + (f" — {message}" if message and message != stage and state in ("running", "queued") else ""))
+    if state == "queued":
+        position = jobs.queue_position(run)
+        if position:
+            st.info(f"Waiting in the queue: position {position}. It starts when a worker is free.")
+    progress = float(status.get("progress") or 0.0)
+    if state == "running" and stage not in ("train", "export", "evaluate") and status.get("stage_progress"):
+        st.progress(float(status["stage_progress"]), text=f"{stage}: {status.get('step')}/{status.get('steps')}")
+    epochs_total = status.get("epochs") or config.get("epochs")
+    text = f"epoch {status.get('epoch', 0)}/{epochs_total}"
+    if stage == "train" and status.get("steps"):
+        text += f" · step {status.get('step')}/{status.get('steps')}"
+    if state == "running":
+        text += f" · ETA {_fmt_seconds(status.get('eta_s'))}"
+    elif status.get("duration_s"):
+        text += f" · took {_fmt_seconds(status['duration_s'])}"
+    st.progress(min(max(progress, 0.0), 1.0), text=text)
+    if state == "failed":
+        st.error(f"Training failed: {status.get('error') or 'no reason recorded'}")
+    elif state == "interrupted":
+        st.warning(f"Training was interrupted: {status.get('error') or 'the worker stopped'}")
+    elif state == "cancelled":
+        st.info(f"Cancelled: {status.get('message') or 'stopped by a user'}")
+
+
+# Decided once per full run: a settled run is drawn once; a live one polls.
+@st.fragment(run_every="1s" if not settled else None)
+def live_view() -> None:
+    status = run.status()
+    _draw_status(status)
+    metrics = run.metrics()
+    if metrics:
+        loss_fig, acc_fig = _curves(metrics)
+        left, right = st.columns(2)
+        left.plotly_chart(loss_fig, width="stretch", key="loss_curve")
+        right.plotly_chart(acc_fig, width="stretch", key="acc_curve")
+    elif status.get("state") in ("queued", "running"):
+        st.caption("Curves appear after the first epoch.")
+    if not settled and run_settled(run):
+        st.rerun()  # once: the full page redraws with the evaluation
+
+
+live_view()
+
+if not settled:
+    st.stop()
+
+status = run.status()
+if status.get("state") == "failed":
+    details = status.get("traceback")
+    if not details and run.log_file.is_file():
+        details = "\n".join(run.log_file.read_text(errors="replace").splitlines()[-30:])
+    if details:
+        with st.expander("Technical details (for a bug report)"):
+            st.code(details, language="text")
+
+evaluation = run.evaluation()
+if evaluation is None:
+    st.stop()
+
+st.subheader("Evaluation on the validation split (best epoch)")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Accuracy", f"{evaluation['accuracy']:.3f}")
+m2.metric("Macro F1", f"{evaluation['macro_f1']:.3f}")
+m3.metric("Best epoch", evaluation.get("best_epoch", "—"))
+m4.metric("Validation images", evaluation.get("num_images", "—"))
+
+classes = evaluation["classes"]
+left, right = st.columns([3, 2])
+with left:
+    cm = pd.DataFrame(evaluation["confusion_matrix"], index=classes, columns=classes)
+    fig = px.imshow(cm, text_auto=True, color_continuous_scale="Blues", aspect="auto",
+                    labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix")
+    fig.update_layout(height=max(360, 40 * len(classes) + 120), margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(fig, width="stretch", key="confusion_matrix")
+with right:
+    per_class = pd.DataFrame(evaluation["per_class"])
+    st.dataframe(per_class, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1")})
+    st.download_button("Download per-class table (CSV)", per_class.to_csv(index=False),
+                       f"{run.id}-per-class.csv", "text/csv", on_click="ignore")
+
+export = status.get("export") or {}
+if run.onnx_file.is_file() and export.get("passed", True):
+    st.success("Exported to ONNX and checked against PyTorch. Try it on the **Predict** page or download it on "
+               "the **Export** page.")
+elif export.get("error") or export.get("passed") is False:
+    st.warning(f"Training finished but the ONNX export did not pass: {export.get('error') or 'parity check failed'}")

@@ -1,0 +1,160 @@
+"""The walking skeleton in a real browser: `streamlit run`, train, watch, predict, download the ONNX.
+
+Drives Debian's chromium with Playwright, as streamlit's own e2e suite does.
+Screenshots of every page go to $TS_SHOTS_DIR (default /tmp/ts-shots).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("TS_SHOTS_DIR", "/tmp/ts-shots"))
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(workspace_home):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is not installed")
+    port = _free_port()
+    env = os.environ.copy() | {"TRANSFER_STUDIO_HOME": str(workspace_home)}
+    log_path = workspace_home / f"streamlit-{port}.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def _settle(page, timeout_ms: int = 90_000) -> None:
+    # A rerun may start a moment after the action; give it that moment, then wait for it to end.
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE, timeout=timeout_ms)
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").first.inner_text()
+
+
+def _goto(page, title: str) -> None:
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title).click()
+    _settle(page)
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1500)  # plotly draws after the script run ends
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    _settle(page)
+
+
+def test_train_predict_download_in_browser(server, workspace_home):
+    import onnxruntime as ort
+    from playwright.sync_api import sync_playwright
+
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1800}, accept_downloads=True)
+            page.goto(server, timeout=90_000)
+            _settle(page, 120_000)
+            sidebar = page.locator("[data-testid='stSidebar']")
+            assert "fashion-mnist" in sidebar.inner_text() and "mobilenet_v2" in sidebar.inner_text()
+            _shot(page, "1-dataset")
+
+            _goto(page, "Backbone")
+            assert page.locator("[data-testid='stPlotlyChart']").count() == 1
+            _shot(page, "2-backbone")
+
+            _goto(page, "Train")
+            _set_number(page, "Epochs", 3)
+            _set_number(page, "Image size (px)", 64)
+            page.get_by_role("button", name="Start training").click()
+            _settle(page)
+            page.locator("[data-testid='stProgress']").first.wait_for(timeout=60_000)
+            _shot(page, "3a-train-live")
+            assert "?run=" in page.url or "&run=" in page.url  # a refresh reopens this run
+            page.get_by_text("Evaluation on the validation split").wait_for(timeout=300_000)
+            _settle(page)
+            assert page.locator("[data-testid='stPlotlyChart']").count() == 3  # loss, accuracy, confusion
+            assert page.locator("code", has_text="done").count() >= 1
+            assert "done" in sidebar.inner_text()
+            _shot(page, "3-train")
+
+            _goto(page, "Runs")
+            _shot(page, "4-runs")
+
+            # A real validation image of the built-in data, as a user would try.
+            image = sorted((workspace_home / "datasets").glob("builtin-fashion-mnist/val/*/*.png"))[0]
+            _goto(page, "Predict")
+            page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(image))
+            _settle(page)
+            page.get_by_text("All predictions").wait_for(timeout=60_000)
+            chart = page.locator("[data-testid='stPlotlyChart']")
+            assert chart.count() == 1
+            classes = [d.name for d in image.parent.parent.iterdir()]
+            assert any(c in chart.inner_text() for c in classes), chart.inner_text()
+            _shot(page, "5-predict")
+
+            with page.expect_download(timeout=60_000) as download:
+                page.get_by_role("button", name="Download model.onnx").click()
+            onnx_path = download.value.path()
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            logits = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)})[0]
+            assert logits.shape == (1, 10)  # fashion-mnist's ten classes
+
+            _goto(page, "Export")
+            _shot(page, "6-export")
+        finally:
+            browser.close()

@@ -1,0 +1,183 @@
+"""Train page: start a real run through the real queue, watch it finish, see its curves and evaluation."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from conftest import draw_shape
+
+from engine.runs import Run, list_runs
+from engine.run_view import run_settled
+from engine.workspace import runs_dir
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "train.py")
+TIMEOUT = 60
+
+
+def _page(**state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _number(at: AppTest, label: str):
+    return next(w for w in at.number_input if w.label == label)
+
+
+def _start(at: AppTest, epochs: int, image_size: int) -> AppTest:
+    at.number_input(key="train_epochs_linear").set_value(epochs)
+    _number(at, "Image size (px)").set_value(image_size)
+    at.selectbox(key="train_batch").set_value(16)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_defaults_come_from_engine():
+    from engine.training.config import DEFAULT_EPOCHS, DEFAULT_LR, MODES
+
+    at = _page()
+    assert len(at.radio(key="train_mode").options) == len(MODES)
+    assert at.number_input(key="train_epochs_linear").value == DEFAULT_EPOCHS["linear"]
+    assert at.number_input(key="train_lr_linear").value == DEFAULT_LR["linear"]
+    # built-in 28 px data on CPU: a small, fast size rather than 224, with the reason shown
+    assert _number(at, "Image size (px)").value == 96
+    assert any("96 px" in c.value for c in at.caption)
+    at.radio(key="train_mode").set_value("full").run()
+    assert at.number_input(key="train_epochs_full").value == DEFAULT_EPOCHS["full"]
+    assert any("No run yet" in i.value for i in at.info)
+
+
+def test_bad_dataset_shows_user_error_not_traceback(tmp_path, monkeypatch):
+    # A folder the operator allows (TS_DATA_ROOTS) that holds only one class: not trainable.
+    monkeypatch.setenv("TS_DATA_ROOTS", str(tmp_path))
+    folder = tmp_path / "one-class" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        draw_shape("circle", np.random.default_rng(i)).save(folder / f"{i}.png")
+    before = {r.id for r in list_runs()}
+    at = _page(dataset=str(tmp_path / "one-class"))
+    _start(at, epochs=1, image_size=64)
+    assert any(e.value.startswith("Cannot start training:") and "only one class" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert not at.exception
+    assert {r.id for r in list_runs()} == before  # nothing queued
+
+
+def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
+    monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))  # visitors may open folders only under a root
+    at = _page(dataset=str(shapes_dir))
+    at = _start(at, epochs=4, image_size=64)
+    run_id = at.session_state["run"]
+    run = Run(runs_dir() / run_id)
+    assert run.exists()
+    assert at.query_params["run"] == run_id  # a refresh reopens the same run
+    config = run.config()
+    assert (config["mode"], config["epochs"], config["image_size"], config["batch_size"]) == ("linear", 4, 64, 16)
+    assert Path(config["dataset"]) == shapes_dir.resolve()
+    assert run.status()["state"] in {"queued", "running", "done"}
+    assert any(run_id in s.value for s in at.subheader)
+
+    deadline = time.time() + 180
+    while not run_settled(run) and time.time() < deadline:
+        time.sleep(1)
+    status = run.status()
+    assert status["state"] == "done", status
+
+    # A fresh session that opens the run from the URL, as after a refresh.
+    at2 = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at2.query_params["run"] = run_id
+    at2.session_state["dataset"] = str(shapes_dir)
+    at2.run()
+    assert not at2.exception, at2.exception
+    assert any("`done`" in m.value for m in at2.markdown)
+    charts = at2.get("plotly_chart")
+    assert len(charts) == 3  # loss, accuracy, confusion matrix
+    metrics = {m.label: m.value for m in at2.metric}
+    evaluation = run.evaluation()
+    assert metrics["Accuracy"] == f"{evaluation['accuracy']:.3f}"
+    assert metrics["Macro F1"] == f"{evaluation['macro_f1']:.3f}"
+    per_class = at2.dataframe[0].value
+    assert list(per_class["class"]) == ["circle", "square", "triangle"]
+    assert len(run.metrics()) == 4
+    assert run.onnx_file.is_file()
+    assert [b.label for b in at2.button] == ["Start training"]  # no Cancel on a finished run
+
+
+def test_cancel_stops_a_run(shapes_dir, monkeypatch):
+    monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))
+    at = _page(dataset=str(shapes_dir))
+    at = _start(at, epochs=500, image_size=64)
+    run = Run(runs_dir() / at.session_state["run"])
+    at.button(key="cancel_run").click().run()
+    assert not at.exception
+    deadline = time.time() + 120
+    while not run_settled(run) and time.time() < deadline:
+        time.sleep(1)
+    assert run.status()["state"] == "cancelled"
+    at.run()
+    assert any("Cancelled" in i.value for i in at.info)
+    assert len(run.metrics()) < 500
+
+
+def test_failed_run_shows_error_in_words(shapes_dir):
+    from engine.runs import new_run
+    from engine.training.config import TrainConfig
+
+    run = new_run("failed-for-test")
+    run.write_config(TrainConfig(dataset=str(shapes_dir)).to_dict())
+    run.update_status(state="failed", stage="train",
+                      error="out of memory: lower the batch size or the image size and start again")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["run"] = run.id
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Training failed: out of memory" in e.value for e in at.error)
+    assert not at.metric  # no evaluation for a failed run
+
+
+def test_interrupted_run_can_be_resumed_from_the_page(shapes_dir):
+    from engine.runs import new_run
+    from engine.training.config import TrainConfig
+    from engine.training.runner import train
+
+    # Two epochs trained for real, then the worker "died": the run is interrupted with a last.pt.
+    run = new_run("resume-for-test")
+    config = TrainConfig(dataset=str(shapes_dir), mode="linear", epochs=4, image_size=32, batch_size=16)
+    run.write_config(config.to_dict())
+
+    class StopAfterTwo:
+        def on_stage(self, *a, **k): ...
+        def on_train_start(self): ...
+        def on_progress(self, *a, **k): ...
+        def on_epoch_end(self, record):
+            if record["epoch"] == 2:
+                run.request_cancel()
+        def should_stop(self):
+            return False
+
+    try:
+        train(config, run, callbacks=[StopAfterTwo()])
+    except Exception:
+        pass  # CancelledByUser: stopped after epoch 2, as a killed worker would have
+    assert run.last_checkpoint.is_file() and len(run.metrics()) == 2
+    run.update_status(state="interrupted", stage="interrupted", error="the worker stopped (test)")
+
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["run"] = run.id
+    at.run()
+    assert not at.exception, at.exception
+    assert any("interrupted" in w.value for w in at.warning)
+    at.button(key="resume_run").click().run()
+    assert not at.exception, at.exception
+    deadline = time.time() + 180
+    while not run_settled(run) and time.time() < deadline:
+        time.sleep(1)
+    assert run.status()["state"] == "done", run.status()
+    assert [m["epoch"] for m in run.metrics()] == [1, 2, 3, 4]
