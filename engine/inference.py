@@ -11,7 +11,15 @@ import numpy as np
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
 from engine.errors import UserError
 
-__all__ = ["OnnxClassifier", "get_classifier", "ort_threads"]
+__all__ = ["OnnxClassifier", "get_classifier", "ort_threads", "softmax"]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row softmax of ``logits / temperature`` in float32 (the bundle's predict.py does the same ops)."""
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def ort_threads() -> int:
@@ -58,21 +66,30 @@ class OnnxClassifier:
             self.preprocess = json.loads(meta["transfer_studio.preprocess"])
         self.classes: list[str] = self.preprocess["classes"]
         self.input_name = self.session.get_inputs()[0].name
+        # "uint8": the fp32-uint8in variant, normalisation inside the graph, NHWC pixels in.
+        self.input_dtype: str = self.preprocess.get("input_dtype", "float32")
+        # Older exports carry no temperature: plain softmax, as they were checked.
+        self.temperature = float(self.preprocess.get("temperature", 1.0))
+        self.providers = self.session.get_providers()
         self.path = path
 
     def prepare(self, image) -> np.ndarray:
-        """Path, file object or PIL image -> normalised CHW float32."""
+        """Path, file object or PIL image -> normalised CHW float32 (or HWC uint8 for a uint8-input model)."""
         img = image if hasattr(image, "mode") and hasattr(image, "size") else load_rgb(image)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        arr = resize_center_crop(img, self.preprocess["input_size"]).astype(np.float32) / 255.0
+        pixels = resize_center_crop(img, self.preprocess["input_size"])
+        if self.input_dtype == "uint8":
+            return pixels
+        arr = pixels.astype(np.float32) / 255.0
         arr = (arr - np.asarray(self.preprocess["mean"], np.float32)) / np.asarray(self.preprocess["std"], np.float32)
         return arr.transpose(2, 0, 1)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         outputs = []
         for start in range(0, len(batch), 64):
-            chunk = np.ascontiguousarray(batch[start : start + 64], dtype=np.float32)
+            chunk = np.ascontiguousarray(batch[start : start + 64],
+                                         dtype=np.uint8 if self.input_dtype == "uint8" else np.float32)
             outputs.append(self.session.run(None, {self.input_name: chunk})[0])
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
@@ -89,8 +106,7 @@ class OnnxClassifier:
                 results.append({"error": str(exc)})
         good = [p for p in prepared if p is not None]
         logits = self.logits(np.stack(good)) if good else np.zeros((0, len(self.classes)), np.float32)
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        probs = softmax(logits, self.temperature)
         it = iter(probs)
         for i, p in enumerate(prepared):
             if p is None:

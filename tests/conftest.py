@@ -82,3 +82,16 @@ def trained_run(shapes_dir):
     train(config, run)
     export_run(run.path)
     return run
+
+
+@pytest.fixture(scope="session")
+def exported_variants_run(trained_run, tmp_path_factory):
+    """A copy of ``trained_run`` (outside runs/) exported to every ONNX variant, once per session."""
+    import shutil
+
+    from engine.export import VARIANTS, export_run
+    from engine.runs import Run
+
+    copy = Run(shutil.copytree(trained_run.path, tmp_path_factory.mktemp("variants") / trained_run.id))
+    export_run(copy.path, variants=VARIANTS)
+    return copy
