@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,12 +21,19 @@ def _print_json(obj) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from engine.data.dataset import load_dataset
+    from engine.data.health import health_check
 
-    dataset = load_dataset(args.data, val_fraction=args.val_fraction)
+    dataset, health = health_check(args.data, val_fraction=args.val_fraction)
     summary = dataset.summary()
+    if args.embedding:
+        from engine.data.embedding import embedding_map
+
+        points = embedding_map(dataset, max_images=args.embedding_max)
+        health["embedding"] = {"points": int(len(points)), "suspect": int(points["suspect"].sum()),
+                               "suspects": points.loc[points["suspect"], ["path", "label", "neighbour_agreement"]]
+                               .head(50).to_dict("records")}
     if args.json:
-        _print_json(summary)
+        _print_json({**summary, "health": health})
         return 0
     print(f"dataset {summary['name']}: {summary['num_images']} images, {len(summary['classes'])} classes"
           f" ({summary['num_skipped']} skipped)")
@@ -33,8 +42,21 @@ def cmd_inspect(args) -> int:
     print(f"  image sizes: {summary['image_sizes']['min']} .. {summary['image_sizes']['max']}; modes {summary['modes']}")
     for row in summary["skipped"][:20]:
         print(f"  skipped {row['path']}: {row['status']}")
-    for problem in summary["problems"]:
-        print(f"  warning: {problem}")
+    for warning in health["warnings"]:
+        print(f"  warning: {warning}")
+    balance = health["balance"]
+    print(f"  imbalance ratio {balance['imbalance_ratio']}; suggested class weights {balance['class_weights']}")
+    split = health["split"]
+    print(f"  split: {split['source']} {split['sizes']}" + (f" (val_fraction {split['val_fraction']}, seed "
+                                                           f"{split['seed']})" if split["source"] == "generated" else ""))
+    dup = health["duplicates"]
+    for kind in ("exact", "near"):
+        d = dup[kind]
+        print(f"  {kind} duplicate pairs: {d['pairs']} (within class {d['within_class']}, conflicting labels "
+              f"{d['conflicting_labels']}, across splits {d['across_splits']})")
+    if "embedding" in health:
+        print(f"  embedding: {health['embedding']['suspect']} of {health['embedding']['points']} images have "
+              "neighbours that mostly carry another label")
     return 0
 
 
@@ -45,7 +67,9 @@ def _config_from_args(args):
                        lr=args.lr, batch_size=args.batch_size, image_size=args.image_size, augment=args.augment,
                        seed=args.seed, device=args.device, amp=args.amp, val_fraction=args.val_fraction,
                        unfreeze_stages=args.unfreeze_stages,
-                       channels_last=args.channels_last)
+                       channels_last=args.channels_last, layer_decay=args.layer_decay, patience=args.patience,
+                       mix=args.mix, mix_alpha=args.mix_alpha, compile=args.compile, nproc=args.nproc,
+                       gradual_every=args.gradual_every, threads=args.threads)
 
 
 class _PrintProgress:
@@ -73,6 +97,31 @@ def cmd_train(args) -> int:
 
     config = _config_from_args(args)
     get_spec(config.backbone)  # fail fast on an unknown name
+    if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # Re-launch this same command as N DistributedDataParallel processes.
+        from engine.training.distributed import torchrun_command
+
+        # torchrun would read "--nproc" as its own (abbreviated) option: leave it out;
+        # the run records the world size it actually had.
+        argv, skip = [], False
+        for a in sys.argv[1:]:
+            if skip or a.startswith("--nproc="):
+                skip = False
+                continue
+            skip = a == "--nproc"
+            if not skip:
+                argv.append(a)
+        return subprocess.call(torchrun_command(config.nproc, argv))
+    from engine.training.distributed import init_distributed
+
+    dist_ctx = init_distributed(config.device)
+    if not dist_ctx.is_main:
+        import torch.distributed as dist
+
+        shared = [None]
+        dist.broadcast_object_list(shared, src=0)  # rank 0 names the run directory
+        train(config, Run(shared[0]))
+        return 0
     if args.out:
         out = Path(args.out)
         if (out / "config.json").exists():
@@ -82,6 +131,10 @@ def cmd_train(args) -> int:
     else:
         run = new_run(f"{config.backbone}-{config.mode}")
     run.write_config(config.to_dict())
+    if dist_ctx.enabled:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list([str(run.path.resolve())], src=0)
     report = train(config, run, callbacks=[_PrintProgress()])
     if args.export:
         from engine.export import export_run
@@ -102,9 +155,11 @@ def cmd_run_job(args) -> int:
     run = Run(args.run_dir)
     config = TrainConfig.from_dict(run.config())
     try:
-        train(config, run, callbacks=[_PrintProgress()])
+        train(config, run, callbacks=[_PrintProgress()], resume=args.resume)
     except CancelledByUser:
         return 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 exports
     run.update_status(state="running", stage="export", message="exporting to ONNX and checking parity")
     try:
         parity = export_run(run.path)
@@ -114,17 +169,119 @@ def cmd_run_job(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from engine.export import ExportParityError, export_run
+def cmd_resume(args) -> int:
+    from engine.runs import Run
+    from engine.training.runner import resume
 
+    run = Run(args.run_dir)
+    if args.queue:
+        from engine.jobs import submit
+
+        submit(run, resume=True)
+        print(f"queued {run.path} to resume")
+        return 0
+    report = resume(run, callbacks=[_PrintProgress()])
+    print(json.dumps({"run_dir": str(run.path), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}))
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from engine.models import get_spec
+    from engine.training.lr_finder import find_lr
+    from engine.workspace import write_json_atomic
+
+    config = _config_from_args(args)
+    get_spec(config.backbone)
+    result = find_lr(config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
+    out = Path(args.out) if args.out else Path(f"lr-find-{config.backbone}-{config.mode}.json")
+    write_json_atomic(out, result)
+    print(f"suggested lr {result['suggested_lr']:.2e} (steepest descent {result['steepest']:.2e}, "
+          f"min-loss/10 {result['min_div10']:.2e}) over {result['steps']} steps; curve written to {out}")
+    return 0
+
+
+def cmd_bench_health(args) -> int:
+    from engine.bench_health import bench_health, format_report
+
+    if args.n < 10:
+        raise UserError("--n must be at least 10")
+    report = bench_health(args.n, max_side=args.max_side)
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report))
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from engine.bench_train import bench_train, format_report
+
+    rows = bench_train(args.backbone, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
+                       dataset=args.data, device=args.device, amp=args.amp, pretrained=args.pretrained)
+    print(json.dumps(rows, indent=2) if args.json else format_report(rows))
+    return 0
+
+
+def _add_train_options(p) -> None:
+    """Options shared by ``train`` and ``lr-find`` (everything TrainConfig holds)."""
+    p.add_argument("data")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--mode", default="linear", choices=["linear", "partial", "gradual", "full", "scratch"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--augment", default="light")
+    p.add_argument("--unfreeze-stages", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--layer-decay", type=float, default=0.75, help="LR multiplier per backbone stage towards the input")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation loss")
+    p.add_argument("--mix", default="none", help="none | mixup | cutmix | both")
+    p.add_argument("--mix-alpha", type=float, default=0.2)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--nproc", type=int, default=1, help="DistributedDataParallel processes (launched via torchrun)")
+    p.add_argument("--gradual-every", type=int, default=1, help="gradual mode: epochs per newly unfrozen stage")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+
+
+def cmd_export(args) -> int:
+    from engine.export import VARIANTS, ExportParityError, export_run
+
+    variants = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
-        parity = export_run(args.run_dir)
+        parity = export_run(args.run_dir, variants=variants, max_parity_images=args.max_images,
+                            progress=lambda m: print(f"[export] {m}", file=sys.stderr, flush=True))
     except ExportParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"top-1 agreement {parity['top1_agreement']:.4f} on {parity['images']} validation images; "
           f"max |logit diff| {parity['max_abs_logit_diff']:.2e}")
+    for v, r in parity["variants"].items():
+        gate = ("passed" if r["passed"] else "FAILED") if r["gate"] == "strict" else "reported"
+        print(f"  {v:<13} {r['file']:<20} {r['bytes'] / 1e6:6.2f} MB  agreement {r['top1_agreement']:.4f}  "
+              f"max|diff| {r['max_abs_logit_diff']:.2e}  accuracy {100 * r['accuracy']:.2f}% "
+              f"({r['accuracy_delta_points']:+.2f} pts)  flipped {len(r['flipped'])}  [{gate}]")
+    if args.bundle:
+        from engine.bundle import build_bundle
+
+        print(f"wrote {build_bundle(args.run_dir)}")
     print(f"wrote {Path(args.run_dir) / 'export' / 'model.onnx'}")
+    return 0
+
+
+def cmd_bench_infer(args) -> int:
+    from engine.bench_infer import bench_infer, format_bench
+
+    result = bench_infer(args.run_dir, image_size=args.image_size, iters=args.iters, batch=args.batch,
+                         threads=args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_bench(result))
     return 0
 
 
@@ -180,29 +337,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of class subfolders, a .zip of the same, or a built-in dataset name")
     p.add_argument("--json", action="store_true")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--embedding", action="store_true", help="also compute the MobileNetV2 embedding map (slower)")
+    p.add_argument("--embedding-max", type=int, default=2000, help="images sampled for the embedding map")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("train", help="fine-tune a backbone on a dataset")
-    p.add_argument("data")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--mode", default="linear", choices=["linear", "partial", "full", "scratch"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--augment", default="light")
-    p.add_argument("--unfreeze-stages", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    _add_train_options(p)
     p.add_argument("--out", help="run directory to create (default: a new one under workspace/runs)")
     p.add_argument("--export", action="store_true", help="export to ONNX after training")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("resume", help="continue an interrupted run from its last epoch checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--queue", action="store_true", help="resume through the job queue instead of in this process")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: print a suggested LR, write the curve as JSON")
+    _add_train_options(p)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=1.0)
+    p.add_argument("--out", help="JSON file for the curve (default: lr-find-BACKBONE-MODE.json)")
+    p.set_defaults(func=cmd_lr_find)
+
+    # ``bench`` is a group: ``bench train`` here; other benchmarks add their own sub-subcommand.
+    bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("train", help="training images/s: real data path vs synthetic on-device data")
+    p.add_argument("--backbone", nargs="+", default=["mobilenet_v2"])
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data", default="fashion-mnist", help="dataset for the real-data path")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto")
+    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (throughput does not depend on them)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_train)
+
+    p = bench_sub.add_parser("health", help="dataset health check images/s vs a naive decode-and-hash baseline")
+    p.add_argument("--n", type=int, default=10_000, help="images to draw")
+    p.add_argument("--max-side", type=int, default=64, help="largest drawn image side in px")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_health)
+
+    p = bench_sub.add_parser("infer", help="inference latency/throughput: PyTorch eager vs onnxruntime fp32/int8")
+    p.add_argument("run_dir")
+    p.add_argument("--image-size", type=int, help="default: the run's image size")
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, help="threads for every engine (default: all cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_infer)
+
     p = sub.add_parser("export", help="export a run to ONNX and check parity")
     p.add_argument("run_dir")
+    p.add_argument("--variants", default="fp32",
+                   help="comma-separated: fp32,fp32-uint8in,fp16,int8, or 'all' (fp32 is always exported)")
+    p.add_argument("--max-images", type=int, help="check parity on at most this many validation images")
+    p.add_argument("--bundle", action="store_true", help="also write export/bundle.zip")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="classify images with an exported model")
@@ -224,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run-job", help="(internal) run one queued job")
     p.add_argument("run_dir")
+    p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_run_job)
     return parser
 

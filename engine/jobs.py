@@ -6,6 +6,10 @@ dispatcher (``python -m engine worker``) starts each job as its own
 ``python -m engine run-job RUN_DIR`` process, at most ``max_concurrent`` at a
 time, and exits when the queue is empty. Only one dispatcher runs at once
 (an exclusive file lock). Nothing here runs inside the Streamlit script.
+
+A run whose config asks for ``nproc > 1`` starts through torchrun (one process per
+GPU, DistributedDataParallel) and takes ``nproc`` of the concurrency slots. A run
+asked to stop that has not stopped within ``CANCEL_GRACE_S`` is terminated.
 """
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from engine.errors import UserError
 from engine.runs import TERMINAL_STATES, Run
 from engine.workspace import home
 
-__all__ = ["submit", "cancel", "queue_position", "list_jobs", "dispatch_forever", "ensure_dispatcher",
+__all__ = ["submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs", "dispatch_forever", "ensure_dispatcher",
            "recover_interrupted", "resume_queue", "max_concurrent"]
 
 _SCHEMA = """
@@ -37,12 +42,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER
 )
 """
+CANCEL_GRACE_S = 15.0
+_COLUMNS = {"resume": "INTEGER NOT NULL DEFAULT 0", "nproc": "INTEGER NOT NULL DEFAULT 1"}
 
 
 def _db() -> sqlite3.Connection:
     conn = sqlite3.connect(home() / "jobs.sqlite", timeout=30, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(_SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, decl in _COLUMNS.items():
+        if name not in have:  # a queue file from an older version
+            try:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError:
+                pass  # another process added it first
     return conn
 
 
@@ -75,13 +89,36 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def submit(run: Run) -> int:
-    """Queue ``run`` (its config.json must exist) and make sure a dispatcher is up."""
-    run.update_status(state="queued", stage="queued", progress=0.0, queued_at=time.time())
+def submit(run: Run, resume: bool = False) -> int:
+    """Queue ``run`` (its config.json must exist) and make sure a dispatcher is up.
+
+    ``resume=True`` continues the run from its last.pt (after an interruption).
+    """
+    config = run.config()  # raises UserError when the folder is not a run
+    if resume and not run.last_checkpoint.is_file():
+        raise UserError(f"run '{run.id}' has no last.pt checkpoint to resume from; start it again instead")
+    run_dir = str(run.path.resolve())
     with closing(_db()) as db:
-        cur = db.execute("INSERT INTO jobs (run_dir, state, created) VALUES (?, 'queued', ?)",
-                         (str(run.path.resolve()), time.time()))
-        job_id = cur.lastrowid
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT state FROM jobs WHERE run_dir=?", (run_dir,)).fetchone()
+            if row is not None and row[0] != "finished":
+                raise UserError(f"run '{run.id}' is already {row[0]}; cancel it first")
+            # Status before the row: the dispatcher may start the job the moment it exists.
+            run.cancel_file.unlink(missing_ok=True)
+            run.update_status(state="queued", stage="queued", queued_at=time.time(), error=None,
+                              message="queued to resume" if resume else "queued",
+                              **({} if resume else {"progress": 0.0}))
+            # A resubmitted run goes to the back of the queue: a fresh row, a fresh id.
+            db.execute("DELETE FROM jobs WHERE run_dir=?", (run_dir,))
+            cur = db.execute("INSERT INTO jobs (run_dir, state, created, resume, nproc) VALUES (?, 'queued', ?, ?, ?)",
+                             (run_dir, time.time(), int(resume), max(1, int(config.get("nproc") or 1))))
+            job_id = cur.lastrowid
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     ensure_dispatcher()
     return job_id
 
@@ -155,12 +192,23 @@ def ensure_dispatcher() -> None:
                      env=os.environ.copy())
 
 
-def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, threads: int) -> subprocess.Popen:
+def job_command(run_dir: str, resume: bool = False, nproc: int = 1) -> list[str]:
+    """The worker command line: one process, or torchrun with ``nproc`` of them."""
+    args = ["run-job", run_dir, *(["--resume"] if resume else [])]
+    if nproc > 1:
+        from engine.training.distributed import torchrun_command
+
+        return torchrun_command(nproc, args)
+    return [sys.executable, "-m", "engine", *args]
+
+
+def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, threads: int, resume: bool = False,
+               nproc: int = 1) -> subprocess.Popen:
     run = Run(run_dir)
     log = open(run.log_file, "a")
     env = os.environ.copy()
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "run-job", run_dir], stdout=log,
+    env.setdefault("OMP_NUM_THREADS", str(max(1, threads // nproc)))
+    proc = subprocess.Popen(job_command(run_dir, resume, nproc), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                             cwd=str(Path(__file__).resolve().parent.parent), env=env)
     db.execute("UPDATE jobs SET state='running', pid=?, started=? WHERE id=?", (proc.pid, time.time(), job_id))
@@ -171,7 +219,10 @@ def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection) ->
     db.execute("UPDATE jobs SET state='finished', finished=?, exit_code=? WHERE id=?", (time.time(), code, job_id))
     run = Run(run_dir)
     status = run.status()
-    if status.get("state") not in TERMINAL_STATES:
+    if status.get("state") not in TERMINAL_STATES and run.cancel_requested():
+        run.update_status(state="cancelled", stage="cancelled", message="cancelled by user (stopped)",
+                          finished_at=time.time())
+    elif status.get("state") not in TERMINAL_STATES:
         # The process died without saying why (killed, segfault, out of memory).
         reason = {-signal.SIGKILL: "the worker was killed (often: out of memory)",
                   -signal.SIGTERM: "the worker was terminated"}.get(code, f"the worker exited with code {code}")
@@ -183,6 +234,19 @@ def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection) ->
                           finished_at=time.time())
 
 
+def _enforce_cancel(proc: subprocess.Popen, run: Run) -> None:
+    """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is ended."""
+    try:
+        asked = float(run.cancel_file.read_text() or 0)
+    except (OSError, ValueError):
+        return
+    if time.time() - asked > CANCEL_GRACE_S:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the job runs in its own session
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5) -> None:
     """The dispatcher loop; returns after the queue has been empty for ``idle_exit_s``."""
     lock = open(_lock_path(), "a")
@@ -191,22 +255,29 @@ def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5) -> None:
     except BlockingIOError:
         return
     recover_interrupted()
-    running: dict[int, tuple[subprocess.Popen, str]] = {}
+    running: dict[int, tuple[subprocess.Popen, str, int]] = {}
     idle_since = time.time()
     limit = max_concurrent()
     threads = max(1, (os.cpu_count() or 1) // limit)
     with closing(_db()) as db:
         while True:
-            for job_id, (proc, run_dir) in list(running.items()):
+            for job_id, (proc, run_dir, _) in list(running.items()):
                 code = proc.poll()
                 if code is not None:
                     _finish_job(job_id, run_dir, code, db)
                     del running[job_id]
-            while len(running) < limit:
-                row = db.execute("SELECT id, run_dir FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+                else:
+                    _enforce_cancel(proc, Run(run_dir))
+            while True:
+                row = db.execute("SELECT id, run_dir, resume, nproc FROM jobs WHERE state='queued' "
+                                 "ORDER BY id LIMIT 1").fetchone()
                 if row is None:
                     break
-                running[row[0]] = (_start_job(row[0], row[1], db, threads), row[1])
+                used = sum(n for _, _, n in running.values())
+                nproc = max(1, row[3] or 1)
+                if running and used + nproc > limit:
+                    break  # a job wider than the limit still runs, alone
+                running[row[0]] = (_start_job(row[0], row[1], db, threads, bool(row[2]), nproc), row[1], nproc)
             if running:
                 idle_since = time.time()
             elif time.time() - idle_since > idle_exit_s:

@@ -3,6 +3,10 @@
 A whole uint8 batch is cropped, flipped and colour-jittered with one
 ``affine_grid``/``grid_sample`` and a few tensor ops, each sample with its own
 random parameters. No per-image Python work, so a GPU is not left waiting.
+
+"strong" adds TrivialAugmentWide (torchvision.transforms.v2, per sample on the
+device: one op per image, still no decode or PIL). MixUp/CutMix act on whole
+batches and turn labels into soft targets (``mix_batch``).
 """
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENT_PRESETS", "augment_batch", "normalize"]
+__all__ = ["AUGMENT_PRESETS", "augment_batch", "normalize", "mix_batch", "trivial_augment"]
 
 # scale: area fraction range of the random resized crop; jitter: colour strength.
 AUGMENT_PRESETS = {
-    "none": {"scale": None, "flip": False, "jitter": 0.0},
-    "light": {"scale": (0.6, 1.0), "flip": True, "jitter": 0.1},
-    "strong": {"scale": (0.25, 1.0), "flip": True, "jitter": 0.4},
+    "none": {"scale": None, "flip": False, "jitter": 0.0, "trivial": False},
+    "light": {"scale": (0.6, 1.0), "flip": True, "jitter": 0.1, "trivial": False},
+    "strong": {"scale": (0.25, 1.0), "flip": True, "jitter": 0.2, "trivial": True},
 }
 
 
@@ -54,6 +58,8 @@ def _random_resized_crop_theta(n: int, scale, flip: bool, generator, device) -> 
 def augment_batch(images: torch.Tensor, preset: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 ``(B,3,S,S)`` -> augmented float in [0,1], same shape and device."""
     cfg = AUGMENT_PRESETS[preset]
+    if cfg.get("trivial"):
+        images = trivial_augment(images)
     x = images.float().div_(255.0)
     n, device = x.shape[0], x.device
     if cfg["scale"] is not None:
@@ -72,3 +78,33 @@ def augment_batch(images: torch.Tensor, preset: str, generator: torch.Generator 
         x = (x - grey) * factor() + grey  # saturation
         x = x.clamp_(0.0, 1.0)
     return x
+
+
+_TRIVIAL = None
+
+
+def trivial_augment(images: torch.Tensor) -> torch.Tensor:
+    """TrivialAugmentWide per sample (v2 would apply one op to a whole batch tensor).
+
+    Draws from torch's global RNG, which the runner seeds and checkpoints.
+    """
+    global _TRIVIAL
+    if _TRIVIAL is None:
+        from torchvision.transforms import v2
+
+        _TRIVIAL = v2.TrivialAugmentWide()
+    return torch.stack([_TRIVIAL(img) for img in images])
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mode: str, num_classes: int, alpha: float = 0.2):
+    """MixUp (``alpha``) / CutMix (or a random one of the two) -> (images, soft targets ``(B, C)``)."""
+    from torchvision.transforms import v2
+
+    if mode == "mixup":
+        op = v2.MixUp(alpha=alpha, num_classes=num_classes)
+    elif mode == "cutmix":
+        op = v2.CutMix(alpha=1.0, num_classes=num_classes)  # the CutMix paper's default
+    else:
+        op = v2.RandomChoice([v2.MixUp(alpha=alpha, num_classes=num_classes),
+                              v2.CutMix(alpha=1.0, num_classes=num_classes)])
+    return op(x, y)

@@ -31,6 +31,7 @@ class RunDirCallback(Callback):
         self._last_write = 0.0
         self._train_started = time.time()
         self._epoch = 0
+        self._start_epoch = 0
 
     def on_stage(self, stage: str, message: str = "") -> None:
         self.run.update_status(state="running", stage=stage, message=message)
@@ -44,15 +45,20 @@ class RunDirCallback(Callback):
         fields = {"stage": stage, "step": done, "steps": total}
         if stage == "train":
             fraction = (self._epoch + done / max(total, 1)) / self.epochs
+            # ETA from this process's pace only (a resumed run starts part-way through).
+            since_start = (self._epoch - self._start_epoch + done / max(total, 1)) / self.epochs
             elapsed = now - self._train_started
+            fields["epoch"] = self._epoch + 1
+            fields["epochs"] = self.epochs
             fields["progress"] = round(fraction, 4)
-            fields["eta_s"] = round(elapsed / fraction - elapsed, 1) if fraction > 0 else None
+            fields["eta_s"] = round(elapsed * (1 - fraction) / since_start, 1) if since_start > 0 else None
         else:
             fields["stage_progress"] = round(done / max(total, 1), 4)
         self.run.update_status(state="running", **fields)
 
     def on_train_start(self) -> None:
         self._train_started = time.time()
+        self._start_epoch = self._epoch
 
     def on_epoch_end(self, record: dict) -> None:
         self._epoch = record["epoch"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from engine.models.registry import TransferModel
 
-__all__ = ["apply_freeze_policy", "param_groups", "set_train_mode"]
+__all__ = ["apply_freeze_policy", "param_groups", "set_train_mode", "gradual_stages", "trainable_stages"]
 
 
 def _set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -17,10 +17,36 @@ def _set_trainable(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def apply_freeze_policy(model: TransferModel, mode: str, unfreeze_stages: int = 3) -> None:
-    """linear: head only; partial: head + last K stages; full/scratch: everything."""
-    stages = model.stages()
+def gradual_stages(epoch: int, every: int = 1) -> int:
+    """Gradual unfreezing: backbone stages open at 0-based ``epoch`` (head only first)."""
+    return epoch // max(1, every)
+
+
+def trainable_stages(model: TransferModel, mode: str, unfreeze_stages: int = 3, epoch: int = 0,
+                     every: int = 1) -> int:
+    """How many of the last backbone stages train under ``mode`` at ``epoch``."""
+    n = len(model.stages())
     if mode == "linear":
+        return 0
+    if mode == "partial":
+        return max(1, min(unfreeze_stages, n))
+    if mode == "gradual":
+        return min(gradual_stages(epoch, every), n)
+    return n
+
+
+def apply_freeze_policy(model: TransferModel, mode: str, unfreeze_stages: int = 3, epoch: int = 0,
+                        every: int = 1) -> None:
+    """linear: head only; partial: head + last K stages; gradual: head, then one more
+    stage every ``every`` epochs; full/scratch: everything."""
+    stages = model.stages()
+    if mode == "gradual":
+        k = trainable_stages(model, mode, epoch=epoch, every=every)
+        _set_trainable(model.backbone, k >= len(stages))
+        for stage in stages[len(stages) - k:]:
+            _set_trainable(stage, True)
+        model.frozen_stages = stages[: len(stages) - k]
+    elif mode == "linear":
         _set_trainable(model.backbone, False)
         model.frozen_stages = stages
     elif mode == "partial":
@@ -47,17 +73,41 @@ def set_train_mode(model: TransferModel) -> None:
             stage.eval()
 
 
-def param_groups(model: TransferModel, lr: float, backbone_lr_mult: float, weight_decay: float, mode: str):
-    """AdamW groups: the new head at ``lr``, pretrained layers at ``lr * mult``.
+def _lr_layers(model: TransferModel, lr: float, backbone_lr: float, layer_decay: float):
+    """(params, lr) pairs: head at ``lr``; the last stage at ``backbone_lr``, each earlier
+    stage ``layer_decay`` times slower; backbone params outside the stages at the lowest."""
+    stages = model.stages()
+    layers = [(list(model.head.parameters()), lr)]
+    seen = set()
+    for depth, stage in enumerate(reversed(stages)):
+        params = [p for p in stage.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        layers.append((params, backbone_lr * layer_decay ** depth))
+    rest = [p for p in model.backbone.parameters() if id(p) not in seen]
+    if rest:
+        layers.append((rest, backbone_lr * layer_decay ** max(0, len(stages) - 1)))
+    return layers
 
+
+def param_groups(model: TransferModel, lr: float, backbone_lr_mult: float, weight_decay: float, mode: str,
+                 layer_decay: float = 1.0):
+    """AdamW groups: the new head at ``lr``, pretrained layers at ``lr * mult``, decayed by
+    ``layer_decay`` per stage towards the input (discriminative, layer-wise learning rates).
+
+    Scratch mode has nothing pretrained to protect: one LR everywhere. Gradual mode
+    includes frozen stages too (they have no grad until unfrozen, so AdamW skips them).
     Biases and norm weights get no weight decay.
     """
-    backbone_lr = lr if mode == "scratch" else lr * backbone_lr_mult
+    if mode == "scratch":
+        backbone_lr, layer_decay = lr, 1.0
+    else:
+        backbone_lr = lr * backbone_lr_mult
+    include_frozen = mode == "gradual"
     groups = []
-    for module, group_lr in ((model.head, lr), (model.backbone, backbone_lr)):
+    for params, group_lr in _lr_layers(model, lr, backbone_lr, layer_decay):
         decay, no_decay = [], []
-        for p in module.parameters():
-            if p.requires_grad:
+        for p in params:
+            if p.requires_grad or include_frozen:
                 (no_decay if p.ndim <= 1 else decay).append(p)
         if decay:
             groups.append({"params": decay, "lr": group_lr, "weight_decay": weight_decay})

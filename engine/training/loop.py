@@ -17,7 +17,7 @@ from engine.training.augment import augment_batch, normalize
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.freeze import set_train_mode
 
-__all__ = ["DeviceSetup", "resolve_device", "train_one_epoch", "evaluate", "extract_features", "train_head_epoch"]
+__all__ = ["DeviceSetup", "resolve_device", "unwrap", "train_one_epoch", "evaluate", "extract_features", "train_head_epoch"]
 
 
 @dataclass
@@ -57,6 +57,17 @@ def resolve_device(device: str = "auto", amp: str = "auto", channels_last: bool 
     return DeviceSetup(dev, amp_dtype, channels_last)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The TransferModel inside torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool, drop_last: bool):
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
@@ -81,18 +92,33 @@ def train_one_epoch(
     aug_generator: torch.Generator | None = None,
     scaler: torch.amp.GradScaler | None = None,
     callback: Callback | None = None,
+    mix=None,
+    dist_ctx=None,
+    max_steps: int | None = None,
 ) -> dict:
-    set_train_mode(model)
+    """One epoch over ``images``. ``model`` may be a DDP/compiled wrapper around a
+    TransferModel; ``dist_ctx`` shards every global batch of ``batch_size`` across ranks;
+    ``mix(x, y) -> (x, soft_y)`` is MixUp/CutMix."""
+    set_train_mode(unwrap(model))
     total_loss, correct, seen = 0.0, 0, 0
     steps = max(1, len(labels) // batch_size) if len(labels) >= batch_size else 1
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     for step, idx in enumerate(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=True)):
+        if step >= steps:
+            break
+        if dist_ctx is not None:
+            idx = dist_ctx.shard(idx)
         idx = idx.to(images.device)
-        x = normalize(augment_batch(images[idx], augment, aug_generator), mean, std)
+        x = augment_batch(images[idx], augment, aug_generator)
         y = labels[idx]
-        x = setup.prepare(x)
+        target = y
+        if mix is not None:
+            x, target = mix(x, y)
+        x = setup.prepare(normalize(x, mean, std))
         with setup.autocast():
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -106,10 +132,16 @@ def train_one_epoch(
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
+        stop = False
         if callback is not None:
             callback.on_progress(step + 1, steps, "train")
-            if callback.should_stop():
-                raise CancelledByUser()
+            stop = callback.should_stop()
+        if dist_ctx is not None:
+            stop = dist_ctx.any(stop)  # every rank leaves at the same step, or DDP hangs
+        if stop:
+            raise CancelledByUser()
+    if dist_ctx is not None:
+        total_loss, correct, seen = dist_ctx.mean([total_loss, correct, seen])
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 

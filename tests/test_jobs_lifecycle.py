@@ -1,0 +1,144 @@
+"""The job queue with real worker processes: cancel, refresh mid-run, kill + recover + resume, crashes."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from engine import jobs
+from engine.runs import TERMINAL_STATES, new_run
+from engine.training.config import TrainConfig
+from engine.workspace import home
+from conftest import make_shapes_dataset
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _queued_run(data, label, **kw):
+    config = TrainConfig(dataset=str(data), **({"mode": "full", "epochs": 4, "image_size": 32, "batch_size": 8,
+                                                "threads": 1} | kw))
+    run = new_run(label)
+    run.write_config(config.to_dict())
+    return run
+
+
+def _wait(predicate, timeout=180, poll=0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError("timed out waiting")
+
+
+def _job_pid(run):
+    rows = [j for j in jobs.list_jobs() if j["run_dir"] == str(run.path.resolve())]
+    return rows[0]["pid"] if rows and rows[0]["state"] == "running" else None
+
+
+def _dispatcher_pid():
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                env = open(f"/proc/{pid}/environ", "rb").read()
+            except OSError:
+                continue
+            if cmd[-3:-1] == [b"engine", b"worker"] and str(home()).encode() in env:
+                return int(pid)
+    return None
+
+
+def _stop_dispatcher():
+    pid = _dispatcher_pid()
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: not jobs._alive(pid), 20)
+
+
+def test_cancel_running_job_and_read_it_mid_run(shapes_dir):
+    run = _queued_run(shapes_dir, "cancel", epochs=30)
+    jobs.submit(run)
+    _wait(lambda: run.status().get("epoch", 0) >= 2 and run.status().get("state") == "running")
+    # Refresh/reconnect: re-reading the run dir mid-run gives a consistent picture.
+    for _ in range(10):
+        status, metrics = run.status(), run.metrics()
+        assert status["state"] == "running" and status["epochs"] == 30
+        assert [m["epoch"] for m in metrics] == list(range(1, len(metrics) + 1))
+        assert len(metrics) <= status["epoch"] <= len(metrics) + 1
+        assert 0 <= status["progress"] <= 1
+        time.sleep(0.1)
+    asked = time.time()
+    jobs.cancel(run)
+    _wait(lambda: run.status()["state"] in TERMINAL_STATES, 30)
+    assert run.status()["state"] == "cancelled"
+    assert time.time() - asked < 15  # the loop checks between steps, well inside the grace period
+    import torch
+
+    last = torch.load(run.last_checkpoint, weights_only=True)
+    assert last["epoch"] == len(run.metrics()) >= 2
+    assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] <= last["epoch"]
+
+
+def test_killed_worker_is_marked_interrupted_and_resumes_to_the_end(shapes_dir):
+    run = _queued_run(shapes_dir, "killed", epochs=5)
+    jobs.submit(run)
+    _wait(lambda: len(run.metrics()) >= 2)
+    pid = _job_pid(run)
+    # A server restart: the dispatcher and the worker die at once.
+    _stop_dispatcher()
+    os.kill(pid, signal.SIGKILL)
+    _wait(lambda: not jobs._alive(pid), 20)
+    assert run.status()["state"] == "running"  # nobody has noticed yet
+    assert str(run.path.resolve()) in jobs.recover_interrupted()
+    assert run.status()["state"] == "interrupted"
+    done_before = len(run.metrics())
+    jobs.submit(run, resume=True)
+    _wait(lambda: run.status()["state"] in TERMINAL_STATES and run.status().get("stage") == "done")
+    assert run.status()["state"] == "done", run.status()
+    assert [m["epoch"] for m in run.metrics()] == [1, 2, 3, 4, 5]
+    assert done_before >= 2
+    assert run.evaluation()["accuracy"] >= 0
+
+
+def test_crashed_jobs_fail_in_plain_words_and_the_queue_moves_on(tmp_path, shapes_dir):
+    doomed_data = make_shapes_dataset(tmp_path / "doomed", per_class=6)
+    blocker = _queued_run(shapes_dir, "blocker", mode="linear", epochs=2)
+    doomed = _queued_run(doomed_data, "doomed", epochs=2)  # its dataset disappears while it waits
+    victim = _queued_run(shapes_dir, "victim", epochs=30)  # its worker is killed mid-training
+    survivor = _queued_run(shapes_dir, "survivor", mode="linear", epochs=2)
+    for run in (blocker, doomed, victim, survivor):
+        jobs.submit(run)
+    assert jobs.queue_position(survivor) == jobs.queue_position(doomed) + 2
+    shutil.rmtree(doomed_data)
+    _wait(lambda: victim.status().get("stage") == "train" and _job_pid(victim))
+    os.kill(_job_pid(victim), signal.SIGKILL)
+    _wait(lambda: survivor.status()["state"] in TERMINAL_STATES and survivor.status().get("stage") == "done")
+    assert survivor.status()["state"] == "done"
+    status = doomed.status()
+    assert status["state"] == "failed"
+    assert "doomed" in status["error"] and "Traceback" not in status["error"]
+    assert victim.status()["state"] == "failed"
+    assert "killed" in victim.status()["error"]
+
+
+def test_resubmitting_a_live_run_is_refused(shapes_dir):
+    from engine.errors import UserError
+
+    run = _queued_run(shapes_dir, "twice", mode="linear", epochs=2)
+    jobs.submit(run)
+    with pytest.raises(UserError, match="already"):
+        jobs.submit(run)
+    jobs.cancel(run)
+    with pytest.raises(UserError, match="no last.pt"):
+        jobs.submit(_queued_run(shapes_dir, "fresh", mode="linear", epochs=2), resume=True)
+
+
+def test_torchrun_command_for_multi_process_runs():
+    cmd = jobs.job_command("/x/run", resume=True, nproc=2)
+    assert "--nproc_per_node=2" in cmd and cmd[-4:] == ["engine", "run-job", "/x/run", "--resume"]
+    assert jobs.job_command("/x/run")[-3:] == ["engine", "run-job", "/x/run"]
