@@ -155,17 +155,17 @@ def cmd_run_job(args) -> int:
     run = Run(args.run_dir)
     config = TrainConfig.from_dict(run.config())
     try:
-        train(config, run, callbacks=[_PrintProgress()], resume=args.resume)
+        train(config, run, callbacks=[_PrintProgress()], resume=args.resume, finish=False)
     except CancelledByUser:
         return 0
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 exports
     run.update_status(state="running", stage="export", message="exporting to ONNX and checking parity")
     try:
-        parity = export_run(run.path)
-        run.update_status(state="done", stage="done", export=parity)
+        export = export_run(run.path)
     except Exception as exc:  # training succeeded; the run stays usable without an export
-        run.update_status(state="done", stage="done", export={"passed": False, "error": str(exc)})
+        export = {"passed": False, "error": str(exc)}
+    run.update_status(state="done", stage="done", message="", export=export)
     return 0
 
 

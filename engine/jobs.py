@@ -24,6 +24,7 @@ from contextlib import closing
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.background import pid_alive as _alive
 from engine.runs import TERMINAL_STATES, Run
 from engine.workspace import home
 
@@ -70,23 +71,6 @@ def max_concurrent() -> int:
         return max(1, torch.cuda.device_count())
     except Exception:
         return 1
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def submit(run: Run, resume: bool = False) -> int:

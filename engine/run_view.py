@@ -4,7 +4,6 @@ which runs can predict, and a sensible image size to suggest before training.
 from __future__ import annotations
 
 from engine.data.builtin import BUILTIN_DATASETS
-from engine.jobs import _alive
 from engine.models import get_spec
 from engine.runs import TERMINAL_STATES, Run, list_runs
 
@@ -17,16 +16,10 @@ CPU_IMAGE_SIZE = {"builtin": 96, "folder": 128}
 def run_settled(run: Run) -> bool:
     """True when nothing will change the run any more.
 
-    ``state == "done"`` is written when training ends, but the job process then
-    exports to ONNX and writes ``done`` again with an ``export`` record; until
-    that process has exited (or the export record is there) more is coming.
+    A queued job stays ``running`` through its ONNX export and writes a
+    terminal state once, so the state alone says it.
     """
-    status = run.status()
-    if status.get("state") not in TERMINAL_STATES:
-        return False
-    if status.get("state") != "done" or "export" in status:
-        return True
-    return not _alive(status.get("pid"))
+    return run.status().get("state") in TERMINAL_STATES
 
 
 def run_label(run: Run) -> str:

@@ -21,8 +21,11 @@ from engine.models import get_spec
 from engine.models.registry import weights_available
 from engine.run_view import run_settled, suggest_image_size
 from engine.runs import new_run
+from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
-from engine.training.config import DEFAULT_EPOCHS, DEFAULT_LR, MODES, TrainConfig
+from engine.background import task_state
+from engine.training.config import DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
+from engine.training.lr_finder import start_lr_find, lr_find_folder
 from pages.common import current_backbone, current_dataset, current_run, set_run
 
 MODE_LABELS = {"linear": "Linear probe", "partial": "Partial fine-tune", "gradual": "Gradual unfreezing",
@@ -74,13 +77,38 @@ with st.container(border=True):
                            key="train_augment", disabled=mode == "linear",
                            help="a linear probe computes features once, without augmentation")
     st.caption(f"Suggested image size {why}.")
-    start = st.button("Start training", type="primary", icon=":material/play_arrow:")
+    val_fraction = float(st.session_state.get("val_fraction", 0.2))
+    with st.expander("Advanced: early stopping, layer-wise LR, mixup, seed"):
+        a1, a2, a3, a4 = st.columns(4)
+        patience = a1.number_input("Early-stopping patience (0 = off)", 0, 100, 0, key="train_patience",
+                                   help="stop after this many epochs without a better validation loss; "
+                                        "the best checkpoint is kept either way")
+        layer_decay = a2.number_input("Layer-wise LR decay", 0.05, 1.0, 0.75, step=0.05, key="train_layer_decay",
+                                      help="each backbone stage nearer the input trains at this times the LR of "
+                                           "the stage above: early, generic features move least")
+        mix = a3.selectbox("Mixup / CutMix", MIX_MODES, key="train_mix", disabled=mode == "linear")
+        seed = a4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
+                               help="the same settings and seed give the same run on the same hardware")
+        unfreeze = st.slider("Partial fine-tune: backbone stages to train", 1, 12, 3, key="train_unfreeze",
+                             disabled=mode != "partial")
+        st.caption(f"Validation fraction {val_fraction:.2f} (set on the Dataset page; used when the data has "
+                   "no train/val split).")
+    b1, b2 = st.columns([1, 4])
+    start = b1.button("Start training", type="primary", icon=":material/play_arrow:")
+    find = b2.button("Find a learning rate", icon=":material/query_stats:",
+                     help="a short sweep (fastai's LR finder) on these settings; takes about a minute on CPU")
+
+
+def _config() -> TrainConfig:
+    return TrainConfig(dataset=str(dataset), backbone=backbone, mode=mode, epochs=int(epochs), lr=float(lr),
+                       batch_size=int(batch_size), image_size=int(image_size), augment=augment,
+                       val_fraction=val_fraction, patience=int(patience) or None, layer_decay=float(layer_decay),
+                       mix=mix if mode != "linear" else "none", seed=int(seed), unfreeze_stages=int(unfreeze))
 
 
 def _start_run():
     """Validate everything the user can fix here, then queue the run."""
-    config = TrainConfig(dataset=str(dataset), backbone=backbone, mode=mode, epochs=int(epochs), lr=float(lr),
-                         batch_size=int(batch_size), image_size=int(image_size), augment=augment)
+    config = _config()
     spec = get_spec(backbone)
     if mode != "scratch":
         ok, source = weights_available(spec)
@@ -94,6 +122,53 @@ def _start_run():
     jobs.submit(run)
     return run
 
+
+def _use_lr(value: float) -> None:
+    # One significant digit: the widget shows 1e-03-style values.
+    st.session_state[f"train_lr_{mode}"] = float(f"{value:.0e}")
+
+
+def _lr_finder_view() -> None:
+    """The sweep for the current settings: start it, watch it, use its suggestion."""
+    try:
+        folder = lr_find_folder(_config())
+    except UserError:
+        return
+    if find:
+        try:
+            start_lr_find(_config())
+        except UserError as exc:
+            st.error(f"Cannot run the LR finder: {exc}")
+            return
+    task = task_state(folder)
+    if task is None:
+        return
+
+    @st.fragment(run_every="1s" if task["state"] == "running" else None)
+    def sweep() -> None:
+        now = task_state(folder)
+        if task["state"] == "running" and now["state"] != "running":
+            st.rerun()  # once: the full page redraws without polling
+        if now["state"] == "running":
+            st.info("LR finder running in the background…", icon=":material/hourglass_top:")
+            return
+        if now["state"] == "failed":
+            st.error(f"The LR finder failed: {now['error']}")
+            return
+        result = read_json(folder / "result.json")
+        fig = px.line(x=result["lrs"], y=result["losses"], log_x=True, title="LR finder (smoothed training loss)",
+                      labels={"x": "learning rate", "y": "loss"})
+        fig.add_vline(x=result["suggested_lr"], line_dash="dash", line_color="#f97316",
+                      annotation_text=f"suggested {result['suggested_lr']:.1e}")
+        fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10))
+        st.plotly_chart(fig, width="stretch", key="lr_finder_curve")
+        st.button(f"Use {result['suggested_lr']:.0e} as the learning rate", on_click=_use_lr,
+                  args=(result["suggested_lr"],), key="use_suggested_lr")
+
+    sweep()
+
+
+_lr_finder_view()
 
 if start:
     try:

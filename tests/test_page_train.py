@@ -107,7 +107,7 @@ def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
     assert list(per_class["class"]) == ["circle", "square", "triangle"]
     assert len(run.metrics()) == 4
     assert run.onnx_file.is_file()
-    assert [b.label for b in at2.button] == ["Start training"]  # no Cancel on a finished run
+    assert [b.label for b in at2.button] == ["Start training", "Find a learning rate"]  # no Cancel when finished
 
 
 def test_cancel_stops_a_run(shapes_dir, monkeypatch):
@@ -181,3 +181,43 @@ def test_interrupted_run_can_be_resumed_from_the_page(shapes_dir):
         time.sleep(1)
     assert run.status()["state"] == "done", run.status()
     assert [m["epoch"] for m in run.metrics()] == [1, 2, 3, 4]
+
+
+def test_lr_finder_runs_in_background_and_its_suggestion_sets_the_lr(shapes_dir, monkeypatch):
+    from engine.background import task_state
+    from engine.workspace import home
+
+    monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))
+    at = _page(dataset=str(shapes_dir))
+    _number(at, "Image size (px)").set_value(48)
+    at.selectbox(key="train_batch").set_value(16)
+    next(b for b in at.button if b.label == "Find a learning rate").click().run()
+    assert not at.exception, at.exception
+    folders = list((home() / "lr-find").iterdir())
+    assert len(folders) == 1
+    deadline = time.time() + 180
+    while task_state(folders[0])["state"] == "running" and time.time() < deadline:
+        time.sleep(1)
+    assert task_state(folders[0])["state"] == "done", task_state(folders[0])
+    at.run()
+    assert not at.exception, at.exception
+    use = next(b for b in at.button if b.label.startswith("Use "))
+    suggested = float(use.label.split()[1])
+    assert 1e-7 <= suggested <= 1.0
+    use.click().run()
+    assert at.number_input(key="train_lr_linear").value == suggested
+
+
+def test_advanced_settings_reach_the_run_config(shapes_dir, monkeypatch):
+    monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))
+    at = _page(dataset=str(shapes_dir), val_fraction=0.3)
+    at.number_input(key="train_patience").set_value(2)
+    at.number_input(key="train_seed").set_value(7)
+    at = _start(at, epochs=2, image_size=48)
+    run = Run(runs_dir() / at.session_state["run"])
+    config = run.config()
+    assert (config["patience"], config["seed"], config["val_fraction"]) == (2, 7, 0.3)
+    deadline = time.time() + 180
+    while not run_settled(run) and time.time() < deadline:
+        time.sleep(1)
+    assert run.status()["state"] == "done", run.status()

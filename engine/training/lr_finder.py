@@ -9,11 +9,16 @@ point lies past the minimum); both of fastai's classic rules are returned.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine import workspace
+from engine.background import start_task
 from engine.errors import UserError
 from engine.training.augment import augment_batch, normalize
 from engine.training.config import TrainConfig
@@ -21,7 +26,7 @@ from engine.training.freeze import param_groups, set_train_mode
 from engine.training.loop import extract_features
 from engine.training.runner import prepare
 
-__all__ = ["find_lr", "suggest_lr"]
+__all__ = ["find_lr", "suggest_lr", "lr_find_folder", "start_lr_find"]
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> dict:
@@ -99,3 +104,24 @@ def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_l
     result = {"lrs": lrs, "losses": losses, **suggest_lr(lrs, losses)}
     result.update({"mode": config.mode, "backbone": config.backbone, "steps": len(lrs)})
     return result
+
+
+def lr_find_folder(config: TrainConfig) -> Path:
+    """Where the sweep for this setup lives; the same setup reuses its curve."""
+    keys = ("dataset", "backbone", "mode", "image_size", "batch_size", "augment", "val_fraction", "seed",
+            "unfreeze_stages", "layer_decay")
+    material = json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True, default=str)
+    return workspace.home() / "lr-find" / hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def start_lr_find(config: TrainConfig, steps: int = 100) -> tuple[Path, dict]:
+    """Run the sweep in its own process (pages must not train); poll with ``task_state``."""
+    folder = lr_find_folder(config)
+    argv = ["lr-find", str(config.dataset), "--backbone", config.backbone, "--mode", config.mode,
+            "--batch-size", str(config.batch_size), "--augment", config.augment, "--seed", str(config.seed),
+            "--val-fraction", str(config.val_fraction), "--unfreeze-stages", str(config.unfreeze_stages),
+            "--layer-decay", str(config.layer_decay),
+            "--steps", str(steps), "--out", str(folder / "result.json")]
+    if config.image_size:
+        argv += ["--image-size", str(config.image_size)]
+    return folder, start_task(folder, argv)

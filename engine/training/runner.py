@@ -109,11 +109,14 @@ def _set_threads(config: TrainConfig) -> None:
         torch.set_num_threads(threads)
 
 
-def train(config: TrainConfig, run: Run, callbacks: list[Callback] | None = None, resume: bool = False) -> dict:
+def train(config: TrainConfig, run: Run, callbacks: list[Callback] | None = None, resume: bool = False,
+          finish: bool = True) -> dict:
     """Train as ``config`` says, writing everything into ``run``; returns eval.json's content.
 
     ``resume=True`` continues from ``run``'s last.pt (model, optimiser, scheduler, RNG
     state, epoch). Under torchrun every rank trains; only rank 0 writes the run dir.
+    ``finish=False`` leaves the state ``running`` for a caller with more to do
+    (the job exports next), so ``done`` is written exactly once.
     """
     dist_ctx = init_distributed(config.device)
     if not dist_ctx.is_main:
@@ -152,13 +155,13 @@ def train(config: TrainConfig, run: Run, callbacks: list[Callback] | None = None
     finally:
         dist_ctx.close()
     status = run.status()
-    run.update_status(state="done", stage="done", progress=1.0, eta_s=0, finished_at=time.time(),
-                      duration_s=round(time.time() - started, 1),
+    run.update_status(state="done" if finish else "running", stage="done" if finish else "trained",
+                      progress=1.0, eta_s=0, finished_at=time.time(), duration_s=round(time.time() - started, 1),
                       message=status.get("message") if status.get("stopped_early") else "")
     return result
 
 
-def resume(run: Run, callbacks: list[Callback] | None = None) -> dict:
+def resume(run: Run, callbacks: list[Callback] | None = None, finish: bool = True) -> dict:
     """Continue an interrupted/cancelled/failed run from its last epoch checkpoint."""
     if not run.exists():
         raise UserError(f"'{run.path}' is not a run directory (no config.json)")
@@ -167,7 +170,7 @@ def resume(run: Run, callbacks: list[Callback] | None = None) -> dict:
     if run.status().get("state") == "done":
         raise UserError(f"run '{run.id}' already finished; nothing to resume")
     config = TrainConfig.from_dict(run.config())
-    return train(config, run, callbacks=callbacks, resume=True)
+    return train(config, run, callbacks=callbacks, resume=True, finish=finish)
 
 
 @dataclass
