@@ -314,7 +314,7 @@ def cmd_backbones(args) -> int:
 def cmd_worker(args) -> int:
     from engine.jobs import dispatch_forever
 
-    dispatch_forever(idle_exit_s=args.idle_exit)
+    dispatch_forever(idle_exit_s=args.idle_exit, wait_for_lock=args.wait_lock)
     return 0
 
 
@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="(internal) drain the job queue")
     p.add_argument("--idle-exit", type=float, default=5.0)
+    p.add_argument("--wait-lock", type=float, default=0.0, help="seconds to wait for a dying dispatcher's lock")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run-job", help="(internal) run one queued job")

@@ -162,18 +162,35 @@ def _lock_path() -> Path:
     return home() / "dispatcher.lock"
 
 
+def _pid_path() -> Path:
+    return home() / "dispatcher.pid"
+
+
 def ensure_dispatcher() -> None:
-    """Start a dispatcher unless one holds the lock already."""
+    """Start a dispatcher unless a live one holds the lock already.
+
+    A dispatcher that was just killed can still hold the lock for a moment (its
+    last threads are exiting); then the new one waits for the lock instead of
+    concluding that someone will pick the job up.
+    """
     with open(_lock_path(), "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return  # one is running; it will pick the job up
+            holder = _pid_path().read_text().strip() if _pid_path().is_file() else ""
+            if holder.isdigit() and _alive(int(holder)):
+                return  # one is running; it will pick the job up
+            _spawn_dispatcher(wait_for_lock=30.0)
+            return
         fcntl.flock(lock, fcntl.LOCK_UN)
-    log = open(home() / "dispatcher.log", "a")
-    subprocess.Popen([sys.executable, "-m", "engine", "worker"], stdout=log, stderr=subprocess.STDOUT,
-                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
-                     env=os.environ.copy())
+    _spawn_dispatcher()
+
+
+def _spawn_dispatcher(wait_for_lock: float = 0.0) -> None:
+    with open(home() / "dispatcher.log", "a") as log:
+        subprocess.Popen([sys.executable, "-m", "engine", "worker", "--wait-lock", str(wait_for_lock)],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                         cwd=str(Path(__file__).resolve().parent.parent), env=os.environ.copy())
 
 
 def job_command(run_dir: str, resume: bool = False, nproc: int = 1) -> list[str]:
@@ -231,13 +248,26 @@ def _enforce_cancel(proc: subprocess.Popen, run: Run) -> None:
             pass
 
 
-def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5) -> None:
+def _acquire(lock, wait_s: float) -> bool:
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.time() >= deadline:
+                return False
+            time.sleep(0.1)
+
+
+def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_lock: float = 0.0) -> None:
     """The dispatcher loop; returns after the queue has been empty for ``idle_exit_s``."""
     lock = open(_lock_path(), "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _acquire(lock, wait_for_lock):
+        print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: another dispatcher holds the lock", flush=True)
         return
+    _pid_path().write_text(str(os.getpid()))
+    print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: started", flush=True)
     recover_interrupted()
     running: dict[int, tuple[subprocess.Popen, str, int]] = {}
     idle_since = time.time()

@@ -231,6 +231,7 @@ def _draw_status(status: dict) -> None:
     st.markdown(f"**State:** {STATE_ICONS.get(state, '')} `{state}` · **stage:** {stage}"
                 + (f" — {message}" if message and message != stage and state in ("running", "queued") else ""))
     if state == "queued":
+        jobs.ensure_dispatcher()  # cheap; restarts the queue if its dispatcher died
         position = jobs.queue_position(run)
         if position:
             st.info(f"Waiting in the queue: position {position}. It starts when a worker is free.")

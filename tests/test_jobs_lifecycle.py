@@ -41,16 +41,9 @@ def _job_pid(run):
 
 
 def _dispatcher_pid():
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-                env = open(f"/proc/{pid}/environ", "rb").read()
-            except OSError:
-                continue
-            if cmd[-3:-1] == [b"engine", b"worker"] and str(home()).encode() in env:
-                return int(pid)
-    return None
+    path = home() / "dispatcher.pid"  # written by the dispatcher that holds the lock
+    pid = int(path.read_text()) if path.is_file() else None
+    return pid if jobs._alive(pid) else None
 
 
 def _stop_dispatcher():

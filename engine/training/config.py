@@ -45,6 +45,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (GPU; first steps are slow while it compiles)
     nproc: int = 1  # processes (GPUs) for DistributedDataParallel; >1 is launched through torchrun
     gradual_every: int = 1  # gradual mode: epochs between unfreezing one more stage
+    # Fine-tuning modes first fit the new head on frozen features for this many (cheap)
+    # epochs: a random head's large gradients would otherwise wreck the pretrained
+    # features in the first steps (LP-FT, Kumar et al. 2022). 0: off.
+    head_warmup_epochs: int = 10
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -73,6 +77,8 @@ class TrainConfig:
             raise UserError(f"patience must be at least 1 epoch, got {self.patience}")
         if not 1 <= int(self.nproc) <= 64:
             raise UserError(f"nproc must be between 1 and 64, got {self.nproc}")
+        if not 0 <= int(self.head_warmup_epochs) <= 1000:
+            raise UserError(f"head warm-up epochs must be between 0 and 1000, got {self.head_warmup_epochs}")
         if self.gradual_every < 1:
             raise UserError("gradual_every must be at least 1 epoch")
         if self.amp not in ("auto", "bf16", "fp16", "off"):

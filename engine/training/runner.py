@@ -19,7 +19,7 @@ from engine.errors import UserError
 from engine.models import create_model, get_spec
 from engine.runs import Run
 from engine.training.callbacks import Callback, CancelledByUser, RunDirCallback
-from engine.training.config import TrainConfig
+from engine.training.config import DEFAULT_LR, TrainConfig
 from engine.training.augment import mix_batch
 from engine.training.distributed import DistContext, init_distributed
 from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
@@ -276,6 +276,22 @@ def _truncate_metrics(run: Run, last_epoch: int) -> None:
     tmp.replace(run.metrics_file)
 
 
+def _warm_start_head(p: Prepared, cb: Callback) -> None:
+    """LP-FT: fit the new head on frozen, un-augmented features before fine-tuning."""
+    config, model = p.config, p.model
+    cb.on_stage("head warm-up", f"fitting the new head on frozen features for {config.head_warmup_epochs} epochs")
+    feats = extract_features(model, p.images_train, setup=p.setup, batch_size=config.batch_size, mean=p.spec.mean,
+                             std=p.spec.std, callback=cb, stage="head warm-up")
+    optimizer = torch.optim.AdamW([{"params": [model.head.weight], "weight_decay": config.weight_decay},
+                                   {"params": [model.head.bias], "weight_decay": 0.0}], lr=DEFAULT_LR["linear"])
+    steps = math.ceil(len(p.y_train) / config.batch_size)
+    scheduler = _warmup_cosine(optimizer, steps * config.head_warmup_epochs, steps)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    for _ in range(config.head_warmup_epochs):
+        train_head_epoch(model, feats, p.y_train, optimizer=optimizer, scheduler=scheduler, loss_fn=p.loss_fn,
+                         batch_size=config.batch_size, generator=generator, callback=cb)
+
+
 def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, resume: bool = False) -> dict:
     p = prepare(config, cb, dist_ctx)
     setup, spec, model, classes = p.setup, p.spec, p.model, p.classes
@@ -326,6 +342,8 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                 if isinstance(c, RunDirCallback):
                     c._epoch = start_epoch - 1
 
+    if not resume and config.mode in ("partial", "gradual", "full") and config.head_warmup_epochs:
+        _warm_start_head(p, cb)
     open_stages = trainable_stages(model, config.mode, config.unfreeze_stages, start_epoch - 1, config.gradual_every)
     net = _wrap(model, config, setup, dist_ctx)
     cb.on_stage("train", f"{config.mode} training for {config.epochs} epochs")
