@@ -8,9 +8,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.jobs import resume_queue
-from engine.run_view import run_label
-from pages.common import current_backbone, current_dataset, current_run
+from engine.runs.jobs import resume_queue
+from engine.runs.view import run_label
+from app.state import current_backbone, current_dataset, current_run
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 

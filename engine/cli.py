@@ -175,7 +175,7 @@ def cmd_resume(args) -> int:
 
     run = Run(args.run_dir)
     if args.queue:
-        from engine.jobs import submit
+        from engine.runs.jobs import submit
 
         submit(run, resume=True)
         print(f"queued {run.path} to resume")
@@ -201,7 +201,7 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_bench_health(args) -> int:
-    from engine.bench_health import bench_health, format_report
+    from engine.bench.health import bench_health, format_report
 
     if args.n < 10:
         raise UserError("--n must be at least 10")
@@ -214,7 +214,7 @@ def cmd_bench_health(args) -> int:
 
 
 def cmd_bench_train(args) -> int:
-    from engine.bench_train import bench_train, format_report
+    from engine.bench.train import bench_train, format_report
 
     rows = bench_train(args.backbone, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
                        dataset=args.data, device=args.device, amp=args.amp, pretrained=args.pretrained)
@@ -266,7 +266,7 @@ def cmd_export(args) -> int:
               f"max|diff| {r['max_abs_logit_diff']:.2e}  accuracy {100 * r['accuracy']:.2f}% "
               f"({r['accuracy_delta_points']:+.2f} pts)  flipped {len(r['flipped'])}  [{gate}]")
     if args.bundle:
-        from engine.bundle import build_bundle
+        from engine.export.bundle import build_bundle
 
         print(f"wrote {build_bundle(args.run_dir)}")
     print(f"wrote {Path(args.run_dir) / 'export' / 'model.onnx'}")
@@ -274,7 +274,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench_infer(args) -> int:
-    from engine.bench_infer import bench_infer, format_bench
+    from engine.bench.infer import bench_infer, format_bench
 
     result = bench_infer(args.run_dir, image_size=args.image_size, iters=args.iters, batch=args.batch,
                          threads=args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
@@ -286,7 +286,7 @@ def cmd_bench_infer(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from engine.inference import OnnxClassifier
+    from engine.export.inference import OnnxClassifier
 
     classifier = OnnxClassifier(args.model)
     missing = [p for p in args.images if not Path(p).is_file()]
@@ -312,7 +312,7 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from engine.jobs import dispatch_forever
+    from engine.runs.jobs import dispatch_forever
 
     dispatch_forever(idle_exit_s=args.idle_exit, wait_for_lock=args.wait_lock)
     return 0

@@ -5,12 +5,16 @@ on a volume: ``$TRANSFER_STUDIO_HOME`` or ``./workspace`` beside the code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "write_json_atomic", "read_json"]
+__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "write_bytes_atomic", "write_text_atomic",
+           "write_json_atomic", "read_json", "file_sha256"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,21 +43,49 @@ def cache_dir() -> Path:
     return _subdir("cache")
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so a reader in another process never sees half a file."""
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write anything to (bytes, torch.save, parquet, a zip, an ONNX file).
+
+    When the block succeeds the temporary file replaces ``path`` in one step, so a
+    reader in another process never sees half a file; when it fails it is removed.
+    The temporary name keeps ``path``'s suffix, for writers that look at it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def read_json(path: Path, default=None):
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: Path | str, obj) -> None:
+    """Write JSON so a reader in another process never sees half a file."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_json(path: Path | str, default=None):
     try:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):

@@ -6,7 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from engine.models import backbone_catalogue
-from pages.common import current_backbone, set_backbone
+from app.state import current_backbone, set_backbone
 
 st.title("Backbone")
 st.caption("The pretrained network whose features your classifier builds on. Smaller and faster ones suit CPU "

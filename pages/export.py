@@ -7,10 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import UserError
-from engine.export import (STRICT_VARIANTS, VARIANTS, export_job_state, file_sha256, gate_failure, start_export_job,
+from engine.export import (STRICT_VARIANTS, VARIANTS, export_job_state, gate_failure, parity_rows, start_export_job,
                            variant_path)
+from engine.workspace import file_sha256
 from engine.workspace import read_json
-from pages.common import current_run
+from app.state import current_run
 
 VARIANT_HELP = {
     "fp32": "float32, normalised NCHW input. Reproduces PyTorch; always exported.",
@@ -65,7 +66,7 @@ if job and job.get("state") == "running":
     _watch_export()
     st.stop()
 if job and job.get("state") == "failed":
-    st.error(f"The last export did not finish: {job.get('message') or 'see export/export.log'}")
+    st.error(f"The last export did not finish: {job.get('error') or 'see export/export.log'}")
 parity = read_json(parity_file)
 
 if parity is None:
@@ -94,23 +95,7 @@ c4.metric("Temperature", f"{temperature.get('temperature', 1.0):.3g}",
               f"{temperature['nll_after']:.3f}, ECE {temperature['ece_before']:.3f} → {temperature['ece_after']:.3f}."
               if temperature.get("fitted") else temperature.get("reason", "not fitted")))
 
-rows = []
-for v, r in variants.items():
-    rows.append({
-        "variant": v,
-        "file": r.get("file"),
-        "MB": round(r.get("bytes", 0) / 1e6, 2),
-        "gate": r.get("gate"),
-        "result": r.get("error") or ("passed" if r.get("passed") else "FAILED") if r.get("gate") == "strict"
-        else "reported",
-        "top-1 agreement %": round(100 * r.get("top1_agreement", 0), 2),
-        "max |logit diff|": r.get("max_abs_logit_diff"),
-        "mean |logit diff|": r.get("mean_abs_logit_diff"),
-        "accuracy %": round(100 * r.get("accuracy", 0), 2),
-        "Δ accuracy (points)": r.get("accuracy_delta_points"),
-        "images flipped": len(r.get("flipped", [])),
-    })
-table = pd.DataFrame(rows)
+table = pd.DataFrame(parity_rows(parity))
 st.subheader("Parity per variant")
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button("Download parity table (CSV)", table.to_csv(index=False), file_name=f"{run.id}-parity.csv",
@@ -141,7 +126,7 @@ bundle_variants = st.multiselect("Models in the bundle", ready, default=ready)
 
 
 def _bundle_bytes() -> bytes:
-    from engine.bundle import build_bundle
+    from engine.export.bundle import build_bundle
 
     return build_bundle(run.path, bundle_variants).read_bytes()
 

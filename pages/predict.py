@@ -9,9 +9,9 @@ import streamlit as st
 
 from engine.data.images import IMAGE_SUFFIXES, ImageProblem, load_rgb
 from engine.errors import UserError
-from engine.inference import get_classifier
-from engine.run_view import exported_runs, run_label
-from pages.common import current_run, set_run
+from engine.export.inference import get_classifier
+from engine.runs.view import exported_runs, run_label
+from app.state import current_run, set_run
 
 st.title("Predict")
 st.caption("Upload images and see what a trained model says, with its confidence. The model runs with "

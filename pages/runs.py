@@ -6,10 +6,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.errors import UserError
-from engine.run_table import comparison_rows, curves, rows_to_csv, run_rows
+from engine.runs.table import comparison_rows, curves, rows_to_csv, run_rows
 from engine.runs import Run
 from engine.workspace import runs_dir
-from pages.common import set_run
+from app.state import set_run
 
 st.title("Runs")
 
@@ -43,7 +43,7 @@ if len(resumable):
         col1, col2 = st.columns([4, 1])
         col1.write(f"`{run_id}` stopped before finishing; it can continue from its last epoch checkpoint.")
         if col2.button("Resume", key=f"resume-{run_id}"):
-            from engine.jobs import submit
+            from engine.runs.jobs import submit
 
             try:
                 submit(Run(runs_dir() / run_id), resume=True)

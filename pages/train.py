@@ -1,6 +1,6 @@
 """Train page: configure a run, queue it, and watch it train, live.
 
-The run trains in a worker process (engine.jobs); this page only writes the
+The run trains in a worker process (engine.runs.jobs); this page only writes the
 run's config, submits it, and reads the run directory back every second, so a
 refresh or another page never stops it.
 """
@@ -13,20 +13,16 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs
-from engine.data.dataset import load_dataset
+from engine.runs import jobs
 from engine.data.images import ImageProblem
 from engine.errors import UserError
-from engine.models import get_spec
-from engine.models.registry import weights_available
-from engine.run_view import run_settled, suggest_image_size
-from engine.runs import new_run
+from engine.runs.view import run_settled, suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
-from engine.background import task_state
+from engine.runs.tasks import task_state
 from engine.training.config import DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
 from engine.training.lr_finder import start_lr_find, lr_find_folder
-from pages.common import current_backbone, current_dataset, current_run, set_run
+from app.state import current_backbone, current_dataset, current_run, set_run
 
 MODE_LABELS = {"linear": "Linear probe", "partial": "Partial fine-tune", "gradual": "Gradual unfreezing",
                "full": "Full fine-tune", "scratch": "From scratch"}
@@ -107,20 +103,9 @@ def _config() -> TrainConfig:
 
 
 def _start_run():
-    """Validate everything the user can fix here, then queue the run."""
-    config = _config()
-    spec = get_spec(backbone)
-    if mode != "scratch":
-        ok, source = weights_available(spec)
-        if not ok:
-            raise UserError(f"the pretrained weights of {backbone} are not on this machine ({source}); "
-                            "pick an available backbone or train from scratch")
+    """Check everything the user can fix here (weights, dataset), then queue the run."""
     with st.spinner("Checking the dataset…"):
-        load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
-    run = new_run(f"{backbone}-{mode}")
-    run.write_config(config.to_dict())
-    jobs.submit(run)
-    return run
+        return jobs.queue_run(_config())
 
 
 def _use_lr(value: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from engine.bench_infer import bench_infer, format_bench
+from engine.bench.infer import bench_infer, format_bench
 
 ENGINES = ["pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8"]
 

@@ -11,7 +11,7 @@ import torch
 
 from engine.data.dataset import load_dataset
 from engine.errors import UserError
-from engine.inference import OnnxClassifier
+from engine.export.inference import OnnxClassifier
 from engine.training.runner import load_checkpoint_model
 
 

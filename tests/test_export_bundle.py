@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.bundle import build_bundle
-from engine.inference import OnnxClassifier
+from engine.export.bundle import build_bundle
+from engine.export.inference import OnnxClassifier
 
 ALLOWED_IMPORTS = {"__future__", "argparse", "json", "sys", "warnings", "pathlib", "numpy", "onnxruntime", "PIL"}
 

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from engine.bundle import BundleBlocked, build_bundle
+from engine.export.bundle import BundleBlocked, build_bundle
 from engine.export import (VARIANTS, check_parity, export_run, fit_temperature, gate_failure,
                            variant_path)
-from engine.inference import OnnxClassifier
+from engine.export.inference import OnnxClassifier
 from engine.runs import Run
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engine import jobs
+from engine.runs import jobs
 from engine.runs import TERMINAL_STATES, new_run
 from engine.training.config import TrainConfig
 from engine.workspace import home

@@ -9,7 +9,7 @@ import onnxruntime as ort
 from streamlit.testing.v1 import AppTest
 
 from conftest import draw_shape
-from engine.inference import get_classifier
+from engine.export.inference import get_classifier
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "predict.py")
 TIMEOUT = 60

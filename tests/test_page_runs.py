@@ -8,7 +8,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from engine.run_table import comparison_rows, curves, rows_to_csv, run_row, run_rows
+from engine.runs.table import comparison_rows, curves, rows_to_csv, run_row, run_rows
 from engine.runs import Run, new_run
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "runs.py")

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import draw_shape
 
 from engine.runs import Run, list_runs
-from engine.run_view import run_settled
+from engine.runs.view import run_settled
 from engine.workspace import runs_dir
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "train.py")
@@ -184,7 +184,7 @@ def test_interrupted_run_can_be_resumed_from_the_page(shapes_dir):
 
 
 def test_lr_finder_runs_in_background_and_its_suggestion_sets_the_lr(shapes_dir, monkeypatch):
-    from engine.background import task_state
+    from engine.runs.tasks import task_state
     from engine.workspace import home
 
     monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))

@@ -22,7 +22,7 @@ from engine.data.zipsafe import safe_extract
 from engine.errors import UserError
 from engine.workspace import cache_dir, datasets_dir
 
-__all__ = ["Dataset", "load_dataset", "scan_folder", "assign_split", "check_label", "find_table",
+__all__ = ["Dataset", "load_dataset", "load_split", "scan_folder", "assign_split", "check_label", "find_table",
            "MANIFEST_COLUMNS", "TABLE_NAMES"]
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -363,6 +363,18 @@ def _dataset_from_zip(path: Path) -> tuple[str, Path]:
     if not dest.is_dir():
         safe_extract(path, dest)
     return path.stem, dest
+
+
+def load_split(config: dict, split: str, size: int, classes: list[str]):
+    """The ``split`` images of a run's dataset, decoded at ``size`` px as training saw them.
+
+    ``config`` is a run's config.json (dataset, val_fraction, seed); returns
+    :class:`engine.data.tensors.SplitTensors` (images, labels, paths).
+    """
+    from engine.data.tensors import decode_split
+
+    dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
+    return decode_split(dataset, split, size, classes)
 
 
 def load_dataset(spec: str | Path, val_fraction: float = 0.2, seed: int = 0,

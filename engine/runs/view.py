@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.data.builtin import BUILTIN_DATASETS
 from engine.models import get_spec
-from engine.runs import TERMINAL_STATES, Run, list_runs
+from engine.runs.run_dir import TERMINAL_STATES, Run, list_runs
 
 __all__ = ["run_settled", "run_label", "exported_runs", "suggest_image_size", "CPU_IMAGE_SIZE"]
 

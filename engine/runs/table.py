@@ -6,7 +6,7 @@ import io
 import time
 from pathlib import Path
 
-from engine.runs import Run, list_runs
+from engine.runs.run_dir import Run, list_runs
 
 __all__ = ["run_row", "run_rows", "curves", "comparison_rows", "rows_to_csv"]
 

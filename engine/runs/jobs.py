@@ -18,18 +18,17 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from contextlib import closing
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.background import pid_alive as _alive
-from engine.runs import TERMINAL_STATES, Run
+from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
+from engine.runs.tasks import engine_command, kill_group, log_tail, pid_alive, spawn
 from engine.workspace import home
 
-__all__ = ["submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs", "dispatch_forever", "ensure_dispatcher",
-           "recover_interrupted", "resume_queue", "max_concurrent"]
+__all__ = ["queue_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
+           "dispatch_forever", "ensure_dispatcher", "recover_interrupted", "resume_queue", "max_concurrent"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -107,6 +106,31 @@ def submit(run: Run, resume: bool = False) -> int:
     return job_id
 
 
+def queue_run(config, label: str | None = None) -> Run:
+    """Check what the user can fix, then create the run directory and queue it (the Train page and the CLI).
+
+    ``config`` is a :class:`engine.training.config.TrainConfig`. Raises
+    :class:`UserError` (or ``ImageProblem``) for an unknown backbone, pretrained
+    weights missing on this machine, or a dataset that does not load, before any
+    run directory exists.
+    """
+    from engine.data.dataset import load_dataset
+    from engine.models import get_spec
+    from engine.models.registry import weights_available
+
+    spec = get_spec(config.backbone)
+    if config.mode != "scratch":
+        ok, source = weights_available(spec)
+        if not ok:
+            raise UserError(f"the pretrained weights of {config.backbone} are not on this machine ({source}); "
+                            "pick an available backbone or train from scratch")
+    load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+    run = new_run(label or f"{config.backbone}-{config.mode}")
+    run.write_config(config.to_dict())
+    submit(run)
+    return run
+
+
 def queue_position(run: Run) -> int | None:
     """1 for the next job to start; None when the run is not waiting."""
     with closing(_db()) as db:
@@ -138,7 +162,7 @@ def recover_interrupted() -> list[str]:
     marked = []
     with closing(_db()) as db:
         for job_id, run_dir, pid in db.execute("SELECT id, run_dir, pid FROM jobs WHERE state='running'").fetchall():
-            if _alive(pid):
+            if pid_alive(pid):
                 continue
             db.execute("UPDATE jobs SET state='finished', finished=? WHERE id=?", (time.time(), job_id))
             run = Run(run_dir)
@@ -178,7 +202,7 @@ def ensure_dispatcher() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _pid_path().read_text().strip() if _pid_path().is_file() else ""
-            if holder.isdigit() and _alive(int(holder)):
+            if holder.isdigit() and pid_alive(int(holder)):
                 return  # one is running; it will pick the job up
             _spawn_dispatcher(wait_for_lock=30.0)
             return
@@ -187,10 +211,7 @@ def ensure_dispatcher() -> None:
 
 
 def _spawn_dispatcher(wait_for_lock: float = 0.0) -> None:
-    with open(home() / "dispatcher.log", "a") as log:
-        subprocess.Popen([sys.executable, "-m", "engine", "worker", "--wait-lock", str(wait_for_lock)],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                         cwd=str(Path(__file__).resolve().parent.parent), env=os.environ.copy())
+    spawn(engine_command("worker", "--wait-lock", str(wait_for_lock)), home() / "dispatcher.log", append=True)
 
 
 def job_command(run_dir: str, resume: bool = False, nproc: int = 1) -> list[str]:
@@ -200,18 +221,14 @@ def job_command(run_dir: str, resume: bool = False, nproc: int = 1) -> list[str]
         from engine.training.distributed import torchrun_command
 
         return torchrun_command(nproc, args)
-    return [sys.executable, "-m", "engine", *args]
+    return engine_command(*args)
 
 
 def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, threads: int, resume: bool = False,
                nproc: int = 1) -> subprocess.Popen:
-    run = Run(run_dir)
-    log = open(run.log_file, "a")
     env = os.environ.copy()
     env.setdefault("OMP_NUM_THREADS", str(max(1, threads // nproc)))
-    proc = subprocess.Popen(job_command(run_dir, resume, nproc), stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            cwd=str(Path(__file__).resolve().parent.parent), env=env)
+    proc = spawn(job_command(run_dir, resume, nproc), Run(run_dir).log_file, env=env, append=True)
     db.execute("UPDATE jobs SET state='running', pid=?, started=? WHERE id=?", (proc.pid, time.time(), job_id))
     return proc
 
@@ -227,10 +244,7 @@ def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection) ->
         # The process died without saying why (killed, segfault, out of memory).
         reason = {-signal.SIGKILL: "the worker was killed (often: out of memory)",
                   -signal.SIGTERM: "the worker was terminated"}.get(code, f"the worker exited with code {code}")
-        tail = ""
-        if run.log_file.is_file():
-            lines = [l for l in run.log_file.read_text(errors="replace").splitlines() if l.strip()]
-            tail = lines[-1][:300] if lines else ""
+        tail = log_tail(run.log_file)
         run.update_status(state="failed", stage="failed", error=f"{reason}{': ' + tail if tail else ''}",
                           finished_at=time.time())
 
@@ -242,10 +256,7 @@ def _enforce_cancel(proc: subprocess.Popen, run: Run) -> None:
     except (OSError, ValueError):
         return
     if time.time() - asked > CANCEL_GRACE_S:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the job runs in its own session
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(proc.pid)  # the job runs in its own session
 
 
 def _acquire(lock, wait_s: float) -> bool:

@@ -11,6 +11,9 @@ from engine.data.builtin import DEFAULT_DATASET
 from engine.runs import Run
 from engine.workspace import runs_dir
 
+__all__ = ["current_dataset", "set_dataset", "current_backbone", "set_backbone", "current_run", "set_run",
+           "DEFAULT_BACKBONE"]
+
 DEFAULT_BACKBONE = "mobilenet_v2"
 
 _DEFAULTS = {"dataset": DEFAULT_DATASET, "backbone": DEFAULT_BACKBONE, "run": None}

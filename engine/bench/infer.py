@@ -61,8 +61,10 @@ def _time_calls(fn: Callable[[], object], iters: int, warmup: int) -> list[float
 
 def _ensure_models(run: Run, model: torch.nn.Module, size: int, workdir: Path, say) -> dict[str, Path]:
     """The run's exported files when they match ``size``; otherwise fresh ones in ``workdir``."""
-    from engine.export import _onnx_export, variant_path
-    from engine.quantize import quantize_int8
+    from engine.data.dataset import load_split
+    from engine.export.onnx_export import onnx_export
+    from engine.export.quantize import quantize_int8
+    from engine.export.variants import variant_path
     from engine.training.augment import normalize
 
     config = run.config()
@@ -75,12 +77,10 @@ def _ensure_models(run: Run, model: torch.nn.Module, size: int, workdir: Path, s
     if "fp32" not in paths:
         say(f"exporting fp32 at {size} px for the benchmark")
         paths["fp32"] = workdir / "model.onnx"
-        _onnx_export(model, torch.randn(2, 3, size, size), paths["fp32"])
+        onnx_export(model, torch.randn(2, 3, size, size), paths["fp32"])
     if "int8" not in paths:
-        from engine.export import _load_split
-
         say(f"quantising int8 at {size} px for the benchmark (calibrated on 64 training images)")
-        train = _load_split(config, "train", size, config["resolved"]["classes"])
+        train = load_split(config, "train", size, config["resolved"]["classes"])
         mean, std = config["resolved"]["mean"], config["resolved"]["std"]
         paths["int8"] = workdir / "model.int8.onnx"
         quantize_int8(paths["fp32"], paths["int8"], normalize(train.images[:64], mean, std).numpy())

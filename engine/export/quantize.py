@@ -1,6 +1,6 @@
 """Lower-precision copies of an exported fp32 ONNX model: fp16 and static int8.
 
-Both read the fp32 file written by :mod:`engine.export` and write a sibling
+Both read the fp32 file written by :mod:`engine.export.pipeline` and write a sibling
 file; neither changes the inputs or outputs (float32 in, float32 logits out),
 so every consumer keeps the same preprocessing.
 """
@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from engine.export.onnx_export import save_checked
 
 __all__ = ["convert_fp16", "quantize_int8", "copy_metadata", "INT8_CALIBRATION_IMAGES"]
 
@@ -24,15 +26,6 @@ def copy_metadata(source, target) -> None:
     for prop in source.metadata_props:
         entry = target.metadata_props.add()
         entry.key, entry.value = prop.key, prop.value
-
-
-def _save_checked(proto, path: Path) -> None:
-    import onnx
-
-    onnx.checker.check_model(proto)
-    tmp = path.with_suffix(".partial.onnx")
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
 
 
 def convert_fp16(fp32_path: Path, out_path: Path) -> None:
@@ -53,7 +46,7 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> None:
     model.graph.sort()
     proto = ir.to_proto(model)
     copy_metadata(source, proto)
-    _save_checked(proto, Path(out_path))
+    save_checked(proto, Path(out_path))
 
 
 class _ArrayReader:
@@ -98,6 +91,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, inpu
         )
         proto = onnx.load(str(staged))
     copy_metadata(onnx.load(str(fp32_path), load_external_data=False), proto)
-    _save_checked(proto, Path(out_path))
+    save_checked(proto, Path(out_path))
     return {"calibration_images": int(len(calibration)), "method": "MinMax", "format": "QDQ",
             "weights": "int8 per-channel", "activations": "uint8 per-tensor"}

@@ -11,9 +11,10 @@ import zipfile
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.export import STRICT_VARIANTS, VARIANTS, file_sha256, gate_failure, variant_path
+from engine.export.parity import gate_failure, parity_rows
+from engine.export.variants import STRICT_VARIANTS, VARIANTS, variant_path
 from engine.runs import Run
-from engine.workspace import read_json
+from engine.workspace import atomic_path, file_sha256, read_json
 
 __all__ = ["build_bundle", "model_card", "PREDICT_TEMPLATE"]
 
@@ -65,11 +66,11 @@ def model_card(run: Run, parity: dict, variants: list[str]) -> str:
         "| variant | file | MB | top-1 agreement | max abs logit diff | accuracy | change (points) | gate |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for v in variants:
-        r = parity["variants"][v]
-        gate = ("passed" if r["passed"] else "FAILED") if r["gate"] == "strict" else "reported"
-        lines.append(f"| {v} | {r['file']} | {r['bytes'] / 1e6:.2f} | {_pct(r['top1_agreement'])} | "
-                     f"{r['max_abs_logit_diff']:.2e} | {_pct(r['accuracy'])} | {r['accuracy_delta_points']:+.2f} | {gate} |")
+    for r in parity_rows(parity):
+        if r["variant"] in variants:
+            lines.append(f"| {r['variant']} | {r['file']} | {r['MB']:.2f} | {r['top-1 agreement %']:.2f}% | "
+                         f"{r['max |logit diff|']:.2e} | {r['accuracy %']:.2f}% | {r['Δ accuracy (points)']:+.2f} | "
+                         f"{r['result']} |")
     lines += [
         "",
         "## Use",
@@ -115,9 +116,8 @@ def build_bundle(run_dir: Path | str, variants: list[str] | None = None) -> Path
     chosen = list(dict.fromkeys(["fp32", *chosen]))
     classes = read_json(run.export_dir / "preprocess.json", default={}).get("classes", [])
     out = run.export_dir / "bundle.zip"
-    tmp = out.with_suffix(".partial")
     folder = f"transfer-studio-{run.id}"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for v in chosen:
             zf.write(variant_path(run, v), f"{folder}/{variant_path(run, v).name}")
         zf.write(run.export_dir / "preprocess.json", f"{folder}/preprocess.json")
@@ -128,5 +128,4 @@ def build_bundle(run_dir: Path | str, variants: list[str] | None = None) -> Path
         zf.writestr(f"{folder}/MODEL_CARD.md", model_card(run, parity, chosen))
         zf.write(PREDICT_TEMPLATE, f"{folder}/predict.py")
         zf.writestr(f"{folder}/requirements.txt", "onnxruntime\nnumpy\nPillow\n")
-    tmp.replace(out)
     return out

@@ -1,0 +1,66 @@
+"""PyTorch model -> ONNX file (torch.onnx dynamo exporter), and the metadata every file carries."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.export.variants import OPSET
+from engine.workspace import atomic_path
+
+__all__ = ["Uint8Input", "onnx_export", "add_metadata", "save_checked"]
+
+
+class Uint8Input(torch.nn.Module):
+    """uint8 NHWC RGB pixels -> the normalisation training used -> the model."""
+
+    def __init__(self, model: torch.nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return self.model((x - self.mean) / self.std)
+
+
+def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Export ``model`` with input ``image`` (dynamic batch) and output ``logits`` to ``path``, atomically."""
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=OPSET,
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        optimize=True,
+        verbose=False,
+    )
+    with atomic_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
+
+
+def save_checked(proto, path: Path) -> None:
+    """Run the ONNX checker on ``proto``, then write it to ``path`` atomically."""
+    import onnx
+
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def add_metadata(path: Path, record: dict) -> None:
+    """Store the preprocessing ``record`` and class names in the model file's metadata."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in {"transfer_studio.preprocess": json.dumps(record),
+                       "transfer_studio.classes": json.dumps(record["classes"])}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"Transfer Studio {record['backbone']} classifier ({record.get('variant', 'fp32')})"
+    save_checked(proto, path)
