@@ -1,0 +1,343 @@
+"""Evaluate a finished run once and keep the result in its run directory.
+
+Files under ``RUN_DIR/evaluation/``::
+
+    evaluation.json       headline metrics with 95 % bootstrap intervals, per-class table,
+                          confusion matrix, calibration (temperature, reliability, ECE),
+                          threshold curve, OOD calibration, overfitting reading, galleries
+    predictions.parquet   one row per validation image: path, file, true/predicted class,
+                          calibrated probabilities, confidence, OOD score
+    ood_reference.npz     training features + validation OOD scores (see :mod:`engine.evaluation.ood`)
+    task.json, task.log   the background evaluation started by a page
+
+The fitted temperature stored here is the one export and prediction use.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine.errors import UserError
+from engine.evaluation.calibration import fit_temperature, reliability, softmax
+from engine.evaluation.compare import compare_predictions
+from engine.evaluation.curves import overfitting, threshold_curve
+from engine.evaluation.metrics import BOOTSTRAP_RESAMPLES, confusion, headline_metrics, per_class_table
+from engine.evaluation.ood import OODReference, build_reference, load_reference
+from engine.runs import Run
+from engine.workspace import atomic_path, read_json, write_json_atomic
+
+__all__ = ["evaluate_run", "load_evaluation", "RunEvaluation", "evaluation_dir", "evaluation_state",
+           "start_evaluation", "run_temperature", "run_ood_reference", "activation_maps", "compare_runs",
+           "GALLERY_SIZE", "EVALUATION_FORMAT"]
+
+EVALUATION_FORMAT = 1
+GALLERY_SIZE = 24
+_BATCH = 64
+
+
+def evaluation_dir(run_dir: Path | str) -> Path:
+    return Path(run_dir) / "evaluation"
+
+
+def _files(run_dir) -> dict[str, Path]:
+    folder = evaluation_dir(run_dir)
+    return {"summary": folder / "evaluation.json", "predictions": folder / "predictions.parquet",
+            "ood": folder / "ood_reference.npz"}
+
+
+def _load_split(config: dict, split: str, classes: list[str]):
+    from engine.data.dataset import load_dataset
+    from engine.data.tensors import decode_split
+
+    dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
+    return dataset.root, decode_split(dataset, split, config["resolved"]["image_size"], classes)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _features_and_logits(model, images: torch.Tensor, mean, std, say=None, what="") -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features and logits of uint8 NCHW images, in batches."""
+    from engine.training.augment import normalize
+
+    device = next(model.parameters()).device
+    feats, logits = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), _BATCH):
+            x = normalize(images[start : start + _BATCH].to(device), mean, std)
+            f = model.forward_features(x)
+            feats.append(f.float().cpu())
+            logits.append(model.head(f).float().cpu())
+            if say and (start // _BATCH) % 8 == 0:
+                say(f"{what}: {min(start + _BATCH, len(images))}/{len(images)} images")
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = None,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Score the run's best weights on its validation split; write and return ``evaluation.json``."""
+    from engine.training.runner import load_checkpoint_model
+
+    say = progress or (lambda message: None)
+    started = time.time()
+    run = Run(run_dir)
+    config = run.config()
+    if not run.best_checkpoint.is_file():
+        raise UserError(f"run '{run.id}' has no trained weights yet (state: {run.status().get('state')}); "
+                        "train it first")
+    say("loading the best checkpoint")
+    model, _cfg, classes = load_checkpoint_model(run.best_checkpoint)
+    model = model.to(_device())
+    mean, std = config["resolved"]["mean"], config["resolved"]["std"]
+    say("decoding the validation and training images")
+    root, val = _load_split(config, "val", classes)
+    _root, train = _load_split(config, "train", classes)
+    if len(val) == 0:
+        raise UserError(f"run '{run.id}' has no validation images to evaluate on")
+    val_feats, val_logits = _features_and_logits(model, val.images, mean, std, say, "validation")
+    train_feats, train_logits = _features_and_logits(model, train.images, mean, std, say, "training")
+    y = val.labels.numpy()
+    k = len(classes)
+
+    say("calibration: fitting the temperature")
+    calibration = fit_temperature(val_logits, y)
+    t = calibration["temperature"]
+    raw = softmax(val_logits, 1.0)
+    probs = softmax(val_logits, t)
+    pred = probs.argmax(axis=1)
+    correct = pred == y
+    confidence = probs.max(axis=1)
+    top2 = np.sort(probs, axis=1)[:, -2:] if k > 1 else np.stack([np.zeros(len(y)), confidence], 1)
+
+    say(f"metrics with {n_resamples} bootstrap resamples")
+    headline = headline_metrics(y, pred, k, n_resamples=n_resamples)
+
+    say("out-of-distribution reference: nearest training features")
+    ood = build_reference(train_feats, val_feats)
+    val_ood = ood.val_scores
+
+    table = pd.DataFrame({
+        "index": np.arange(len(y)),
+        "path": val.paths,
+        "file": [str(Path(root) / p) for p in val.paths],
+        "label": y.astype(np.int64),
+        "label_name": [classes[i] for i in y],
+        "pred": pred.astype(np.int64),
+        "pred_name": [classes[i] for i in pred],
+        "confidence": confidence.astype(np.float64),
+        "margin": (top2[:, 1] - top2[:, 0]).astype(np.float64),
+        "correct": correct,
+        "ood_score": val_ood.astype(np.float64),
+        "probs": [row.astype(np.float32) for row in probs],
+    })
+    mistakes = table[~table["correct"]].sort_values("confidence", ascending=False)
+    uncertain = table.sort_values(["margin", "confidence"])
+    train_acc = float((train_logits.argmax(1) == train.labels.numpy()).mean()) if len(train) else None
+    summary = {
+        "format": EVALUATION_FORMAT,
+        "run": run.id,
+        "classes": classes,
+        "images": int(len(y)),
+        "train_images": int(len(train)),
+        "headline": headline,
+        "accuracy": headline["accuracy"]["value"],
+        "balanced_accuracy": headline["balanced_accuracy"]["value"],
+        "macro_f1": headline["macro_f1"]["value"],
+        "train_accuracy": train_acc,
+        "per_class": per_class_table(y, pred, classes),
+        "confusion": confusion(y, pred, k),
+        "calibration": calibration,
+        "reliability": {"before": reliability(raw.max(1), raw.argmax(1) == y),
+                        "after": reliability(confidence, correct)},
+        "threshold_curve": threshold_curve(confidence, correct),
+        "ood": ood.summary(),
+        "overfitting": overfitting(run.metrics()),
+        "galleries": {"confident_mistakes": mistakes["index"].head(GALLERY_SIZE).astype(int).tolist(),
+                      "least_certain": uncertain["index"].head(GALLERY_SIZE).astype(int).tolist()},
+        "checkpoint_mtime": run.best_checkpoint.stat().st_mtime,
+        "evaluated_at": time.time(),
+    }
+    files = _files(run.path)
+    files["summary"].parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(files["predictions"]) as tmp:
+        table.to_parquet(tmp, index=False)
+    ood.save(files["ood"])
+    summary["seconds"] = round(time.time() - started, 2)
+    write_json_atomic(files["summary"], summary)
+    say(f"evaluation written in {summary['seconds']:.1f} s")
+    return summary
+
+
+@dataclass
+class RunEvaluation:
+    """What the Evaluate page and the CLI read: the summary and the per-image table."""
+    run: Run
+    summary: dict
+    predictions: pd.DataFrame
+
+    @property
+    def classes(self) -> list[str]:
+        return self.summary["classes"]
+
+    @property
+    def stale(self) -> bool:
+        """The best checkpoint changed after this evaluation (e.g. the run was resumed)."""
+        ckpt = self.run.best_checkpoint
+        return ckpt.is_file() and ckpt.stat().st_mtime > float(self.summary.get("checkpoint_mtime", 0)) + 1e-6
+
+    def cell(self, true_class: str, predicted_class: str) -> pd.DataFrame:
+        """The images of one confusion-matrix cell, most confident first."""
+        p = self.predictions
+        rows = p[(p["label_name"] == true_class) & (p["pred_name"] == predicted_class)]
+        return rows.sort_values("confidence", ascending=False)
+
+    def gallery(self, name: str) -> pd.DataFrame:
+        """``confident_mistakes`` or ``least_certain``, in their stored order."""
+        order = self.summary["galleries"][name]
+        return self.predictions.set_index("index").loc[order].reset_index()
+
+    def table(self) -> pd.DataFrame:
+        """The per-image table for display and CSV: one probability column per class."""
+        p = self.predictions.drop(columns=["probs"]).copy()
+        probs = np.stack(self.predictions["probs"].to_numpy()) if len(p) else np.zeros((0, len(self.classes)))
+        for i, c in enumerate(self.classes):
+            p[f"p({c})"] = probs[:, i]
+        return p
+
+
+_CACHE: dict[str, tuple[float, RunEvaluation]] = {}
+_LOCK = threading.Lock()
+
+
+def load_evaluation(run_dir: Path | str) -> RunEvaluation | None:
+    """The stored evaluation of a run (cached per file version), or None when there is none."""
+    run = Run(run_dir)
+    files = _files(run.path)
+    if not files["summary"].is_file() or not files["predictions"].is_file():
+        return None
+    key = str(files["summary"].resolve())
+    mtime = files["summary"].stat().st_mtime
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit and hit[0] == mtime:
+            return hit[1]
+    summary = read_json(files["summary"])
+    if not summary or summary.get("format") != EVALUATION_FORMAT:
+        return None
+    try:
+        predictions = pd.read_parquet(files["predictions"])
+    except Exception:  # half-copied or damaged: evaluate again
+        return None
+    result = RunEvaluation(run, summary, predictions)
+    with _LOCK:
+        _CACHE[key] = (mtime, result)
+    return result
+
+
+def run_temperature(run_dir: Path | str) -> dict | None:
+    """The calibration the run's evaluation fitted (``temperature`` and how), or None before evaluation."""
+    summary = read_json(_files(run_dir)["summary"])
+    return summary.get("calibration") if summary else None
+
+
+def run_ood_reference(run_dir: Path | str) -> OODReference | None:
+    return load_reference(_files(run_dir)["ood"])
+
+
+def evaluation_state(run_dir: Path | str) -> dict | None:
+    """The background evaluation's state (running | done | failed), or None if none was started."""
+    from engine.runs.tasks import task_state
+
+    return task_state(evaluation_dir(run_dir), "evaluation.json")
+
+
+def start_evaluation(run_dir: Path | str) -> dict:
+    """Evaluate the run in a background process (``python -m engine evaluate RUN_DIR --recompute``)."""
+    from engine.runs.tasks import start_task
+
+    run = Run(run_dir)
+    if not run.best_checkpoint.is_file():
+        raise UserError(f"run '{run.id}' has no trained weights yet; train it first")
+    return start_task(evaluation_dir(run.path), ["evaluate", str(run.path.resolve()), "--recompute", "--quiet"],
+                      result_name="evaluation.json")
+
+
+# ---------------------------------------------------------------- activation maps
+
+_MODELS: dict[str, tuple[float, object]] = {}
+
+
+def _model_for(run: Run):
+    from engine.training.runner import load_checkpoint_model
+
+    key, mtime = str(run.best_checkpoint.resolve()), run.best_checkpoint.stat().st_mtime
+    with _LOCK:
+        hit = _MODELS.get(key)
+        if hit and hit[0] == mtime:
+            return hit[1]
+    loaded = load_checkpoint_model(run.best_checkpoint)
+    with _LOCK:
+        _MODELS.clear()  # one model at a time: several users of one server share it
+        _MODELS[key] = (mtime, loaded)
+    return loaded
+
+
+def activation_maps(run_dir: Path | str, image, class_names: list[str]) -> dict:
+    """Grad-CAM of one image for each of ``class_names``, as overlays on the image the model saw.
+
+    ``image`` is a path, file object or PIL image. Returns ``{"image": HxWx3 uint8,
+    "maps": {class: HxWx3 uint8 overlay}, "heat": {class: HxW float}, "probabilities": {class: p}}``.
+    One image takes well under a second on a CPU at the sizes the app trains at.
+    """
+    from engine.data.images import load_rgb, resize_center_crop
+    from engine.evaluation.cam import grad_cam, overlay
+    from engine.training.augment import normalize
+
+    run = Run(run_dir)
+    if not run.best_checkpoint.is_file():
+        raise UserError(f"run '{run.id}' has no trained weights yet")
+    config = run.config()
+    model, _cfg, classes = _model_for(run)
+    unknown = [c for c in class_names if c not in classes]
+    if unknown:
+        raise UserError(f"class '{unknown[0]}' is not one of this run's classes")
+    size = config["resolved"]["image_size"]
+    img = image if hasattr(image, "mode") and hasattr(image, "size") else load_rgb(image)
+    pixels = resize_center_crop(img.convert("RGB"), size)
+    x = normalize(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None], config["resolved"]["mean"],
+                  config["resolved"]["std"])
+    targets = list(dict.fromkeys(classes.index(c) for c in class_names))
+    heat = grad_cam(model, x, targets)
+    with torch.no_grad():
+        logits = model(x).numpy()
+    calibration = run_temperature(run.path) or {}
+    p = softmax(logits, calibration.get("temperature", 1.0))[0]
+    return {"image": pixels,
+            "maps": {classes[t]: overlay(pixels, h) for t, h in zip(targets, heat)},
+            "heat": {classes[t]: h for t, h in zip(targets, heat)},
+            "probabilities": {classes[t]: float(p[t]) for t in targets}}
+
+
+def compare_runs(run_a: Path | str, run_b: Path | str) -> dict:
+    """Images that flipped between two evaluated runs, and McNemar's test of the difference."""
+    a, b = load_evaluation(run_a), load_evaluation(run_b)
+    for run, ev in ((run_a, a), (run_b, b)):
+        if ev is None:
+            raise UserError(f"run '{Path(run).name}' has not been evaluated yet; evaluate it first")
+    if a.classes != b.classes:
+        raise UserError("the two runs have different classes; only runs on the same dataset can be compared")
+    try:
+        result = compare_predictions(a.predictions, b.predictions)
+    except ValueError as exc:
+        raise UserError(f"{exc}: compare runs trained on the same dataset with the same validation split") from None
+    return result | {"run_a": a.run.id, "run_b": b.run.id}
