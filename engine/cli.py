@@ -160,6 +160,13 @@ def cmd_run_job(args) -> int:
         return 0
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 exports
+    run.update_status(state="running", stage="evaluate", message="evaluating: metrics, calibration, OOD reference")
+    try:
+        from engine.evaluation import evaluate_run
+
+        evaluate_run(run.path)  # before export: export uses the temperature it fits
+    except Exception as exc:  # the run stays usable; the Evaluate page can retry
+        print(f"evaluation failed: {exc}", file=sys.stderr, flush=True)
     run.update_status(state="running", stage="export", message="exporting to ONNX and checking parity")
     try:
         export = export_run(run.path)
@@ -285,6 +292,44 @@ def cmd_bench_infer(args) -> int:
     return 0
 
 
+def _format_evaluation(s: dict) -> str:
+    h = s["headline"]
+    lines = [f"run {s['run']}: {s['images']} validation images, {len(s['classes'])} classes"]
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lines.append(f"  {name:<18} {h[name]['value']:.4f}  95% CI [{h[name]['low']:.4f}, {h[name]['high']:.4f}]")
+    c = s["calibration"]
+    ece = f"ECE {c['ece_before']:.4f}" + (f" -> {c['ece_after']:.4f}" if c.get("fitted") else "")
+    lines.append(f"  temperature {c['temperature']:.4g} ({'fitted' if c.get('fitted') else c.get('reason')}); {ece}")
+    o = s["ood"]
+    lines.append(f"  OOD: {o['method']}; flag above {o['threshold']:.4f} (p{o['flag_percentile']} of validation); "
+                 f"validation flagged {100 * o['val_flagged_rate']:.1f}%")
+    lines.append(f"  overfitting: {s['overfitting']['reading']}")
+    lines.append(f"  {'class':<20}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}")
+    for r in s["per_class"]:
+        lines.append(f"  {r['class']:<20}{r['precision']:>10.3f}{r['recall']:>8.3f}{r['f1']:>8.3f}{r['support']:>9}")
+    lines.append(f"  confusion matrix (rows: true, columns: predicted): {s['confusion']['counts']}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from engine.evaluation import evaluate_run, load_evaluation
+    from engine.runs import Run
+
+    run = Run(args.run_dir)
+    run.config()  # not a run directory: one clear line
+    stored = None if args.recompute else load_evaluation(run.path)
+    if stored is not None and not stored.stale:
+        summary = stored.summary
+    else:
+        say = None if args.quiet else (lambda m: print(f"[evaluate] {m}", file=sys.stderr, flush=True))
+        summary = evaluate_run(run.path, progress=say, n_resamples=args.resamples)
+    if args.json:
+        _print_json(summary)
+    elif not args.quiet:
+        print(_format_evaluation(summary))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from engine.export.inference import OnnxClassifier
 
@@ -397,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="check parity on at most this many validation images")
     p.add_argument("--bundle", action="store_true", help="also write export/bundle.zip")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="evaluate a run (metrics with CIs, calibration, OOD reference); stored once")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--recompute", action="store_true", help="evaluate again even if an up-to-date evaluation exists")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    p.add_argument("--quiet", action="store_true", help="print nothing (the background task)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify images with an exported model")
     p.add_argument("model")
