@@ -28,7 +28,7 @@ def cmd_inspect(args) -> int:
     if args.embedding:
         from engine.data.embedding import embedding_map
 
-        points = embedding_map(dataset, max_images=args.embedding_max)
+        points = embedding_map(dataset, max_images=args.embedding_max, method=args.embedding_method)
         health["embedding"] = {"points": int(len(points)), "suspect": int(points["suspect"].sum()),
                                "suspects": points.loc[points["suspect"], ["path", "label", "neighbour_agreement"]]
                                .head(50).to_dict("records")}
@@ -384,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--embedding", action="store_true", help="also compute the MobileNetV2 embedding map (slower)")
     p.add_argument("--embedding-max", type=int, default=2000, help="images sampled for the embedding map")
+    p.add_argument("--embedding-method", default="pca", choices=["pca", "tsne"], help="2-D projection of the map")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("train", help="fine-tune a backbone on a dataset")
