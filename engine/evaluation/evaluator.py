@@ -52,12 +52,14 @@ def _files(run_dir) -> dict[str, Path]:
             "ood": folder / "ood_reference.npz"}
 
 
-def _load_split(config: dict, split: str, classes: list[str]):
+def _load_splits(config: dict, classes: list[str]):
+    """The dataset root and its validation and training images, decoded as training saw them (cached)."""
     from engine.data.dataset import load_dataset
     from engine.data.tensors import decode_split
 
     dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
-    return dataset.root, decode_split(dataset, split, config["resolved"]["image_size"], classes)
+    size = config["resolved"]["image_size"]
+    return dataset.root, decode_split(dataset, "val", size, classes), decode_split(dataset, "train", size, classes)
 
 
 def _device() -> torch.device:
@@ -100,8 +102,7 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
     model = model.to(_device())
     mean, std = config["resolved"]["mean"], config["resolved"]["std"]
     say("decoding the validation and training images")
-    root, val = _load_split(config, "val", classes)
-    _root, train = _load_split(config, "train", classes)
+    root, val, train = _load_splits(config, classes)
     if len(val) == 0:
         raise UserError(f"run '{run.id}' has no validation images to evaluate on")
     val_feats, val_logits = _features_and_logits(model, val.images, mean, std, say, "validation")
@@ -245,9 +246,16 @@ def load_evaluation(run_dir: Path | str) -> RunEvaluation | None:
 
 
 def run_temperature(run_dir: Path | str) -> dict | None:
-    """The calibration the run's evaluation fitted (``temperature`` and how), or None before evaluation."""
-    summary = read_json(_files(run_dir)["summary"])
-    return summary.get("calibration") if summary else None
+    """The calibration the run's evaluation fitted (``temperature`` and how), or None when the run has
+    no evaluation of its current weights."""
+    run = Run(run_dir)
+    summary = read_json(_files(run.path)["summary"])
+    if not summary or "calibration" not in summary:
+        return None
+    ckpt = run.best_checkpoint
+    if ckpt.is_file() and ckpt.stat().st_mtime > float(summary.get("checkpoint_mtime", 0)) + 1e-6:
+        return None
+    return summary["calibration"]
 
 
 def run_ood_reference(run_dir: Path | str) -> OODReference | None:

@@ -66,6 +66,9 @@ class OnnxClassifier:
             self.preprocess = json.loads(meta["transfer_studio.preprocess"])
         self.classes: list[str] = self.preprocess["classes"]
         self.input_name = self.session.get_inputs()[0].name
+        # Exports since issue 11 also output the pooled backbone features (for the OOD score).
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_features = "features" in self.output_names
         # "uint8": the fp32-uint8in variant, normalisation inside the graph, NHWC pixels in.
         self.input_dtype: str = self.preprocess.get("input_dtype", "float32")
         # Older exports carry no temperature: plain softmax, as they were checked.
@@ -86,12 +89,22 @@ class OnnxClassifier:
         return arr.transpose(2, 0, 1)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        outputs = []
+        return self.logits_and_features(batch, features=False)[0]
+
+    def logits_and_features(self, batch: np.ndarray, features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits, and the pooled features when the model outputs them (else None)."""
+        names = ["logits", "features"] if features and self.has_features else [self.output_names[0]]
+        logits, feats = [], []
         for start in range(0, len(batch), 64):
             chunk = np.ascontiguousarray(batch[start : start + 64],
                                          dtype=np.uint8 if self.input_dtype == "uint8" else np.float32)
-            outputs.append(self.session.run(None, {self.input_name: chunk})[0])
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+            out = self.session.run(names, {self.input_name: chunk})
+            logits.append(out[0])
+            if len(out) > 1:
+                feats.append(out[1])
+        if not logits:
+            return np.zeros((0, len(self.classes)), np.float32), None
+        return np.concatenate(logits), (np.concatenate(feats) if feats else None)
 
     def predict(self, images: list, top_k: int = 3) -> list[dict]:
         """Top-k classes per image; an unreadable image gets an ``error`` instead."""

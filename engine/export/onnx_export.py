@@ -9,7 +9,23 @@ import torch
 from engine.export.variants import OPSET
 from engine.workspace import atomic_path
 
-__all__ = ["Uint8Input", "onnx_export", "add_metadata", "save_checked"]
+__all__ = ["Uint8Input", "WithFeatures", "onnx_export", "add_metadata", "save_checked", "OUTPUTS"]
+
+# Outputs of every exported graph: logits first (what every consumer reads), then the pooled
+# backbone features the out-of-distribution score needs (so prediction stays on onnxruntime).
+OUTPUTS = ("logits", "features")
+
+
+class WithFeatures(torch.nn.Module):
+    """The classifier returning ``(logits, pooled backbone features)``; logits as ``model(x)`` in eval mode."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        features = self.model.forward_features(x)
+        return self.model.head(features), features
 
 
 class Uint8Input(torch.nn.Module):
@@ -26,13 +42,13 @@ class Uint8Input(torch.nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export ``model`` with input ``image`` (dynamic batch) and output ``logits`` to ``path``, atomically."""
+def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path, output_names=("logits",)) -> None:
+    """Export ``model`` with input ``image`` (dynamic batch) and ``output_names`` to ``path``, atomically."""
     program = torch.onnx.export(
         model,
         (example,),
         input_names=["image"],
-        output_names=["logits"],
+        output_names=list(output_names),
         opset_version=OPSET,
         dynamo=True,
         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
-from engine.export.calibration import fit_temperature
-from engine.export.onnx_export import Uint8Input, add_metadata, onnx_export
+from engine.export.calibration import export_temperature
+from engine.export.onnx_export import OUTPUTS, Uint8Input, WithFeatures, add_metadata, onnx_export
 from engine.export.parity import check_parity, raise_if_failed, torch_logits
 from engine.export.variants import OPSET, VARIANT_FILES, check_variants, preprocess_record, variant_path, variant_record
 from engine.runs import Run
@@ -62,7 +62,8 @@ def export_run(
     val = load_split(config, "val", size, classes)
     if len(val) == 0:
         raise UserError(f"run '{run.id}' has no validation images to check the export against")
-    calibration = fit_temperature(torch_logits(model, normalize(val.images, mean, std)), val.labels.numpy())
+    calibration = export_temperature(
+        run.path, lambda: (torch_logits(model, normalize(val.images, mean, std)), val.labels.numpy()))
     record = preprocess_record(config, classes, calibration["temperature"])
 
     run.export_dir.mkdir(exist_ok=True)
@@ -73,7 +74,9 @@ def export_run(
     t0 = time.time()
     say("exporting fp32 (torch.onnx.export, dynamo)")
     fp32 = variant_path(run, "fp32")
-    onnx_export(model, torch.randn(2, 3, size, size), fp32)
+    # Two outputs: logits, and the pooled features prediction scores out-of-distribution images with.
+    net = WithFeatures(model).eval()
+    onnx_export(net, torch.randn(2, 3, size, size), fp32, OUTPUTS)
     add_metadata(fp32, variant_record(record, "fp32"))
     write_json_atomic(run.export_dir / "preprocess.json", record)
     timings["fp32"] = time.time() - t0
@@ -84,7 +87,7 @@ def export_run(
         say(f"building {v}")
         if v == "fp32-uint8in":
             pixels = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
-            onnx_export(Uint8Input(model, mean, std).eval(), pixels, path)
+            onnx_export(Uint8Input(net, mean, std).eval(), pixels, path, OUTPUTS)
             add_metadata(path, variant_record(record, v))
         elif v == "fp16":
             from engine.export.quantize import convert_fp16
