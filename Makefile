@@ -1,11 +1,21 @@
 # The README's two commands: `make run` and `make test`. Each does all set-up first.
-.PHONY: run test setup setup-dev bench
+.PHONY: run test test-fast lint setup setup-dev bench
 
 run: setup
 	.venv/bin/streamlit run streamlit_app.py
 
-test: setup-dev
+# Everything, browser and multi-process tests included (CI runs this).
+test: setup-dev lint
 	.venv/bin/python -m pytest
+
+# Day-to-day: the tests that start no worker processes and no browser.
+test-fast: setup-dev
+	.venv/bin/python -m pytest -m "not e2e and not slow"
+
+# Lint (ruff; never `ruff format`, which would rewrite files) and type-check the engine (mypy).
+lint: setup-dev
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 setup:
 	bash scripts/setup.sh

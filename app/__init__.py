@@ -1,3 +1,6 @@
-"""The Streamlit side: state shared by the pages (``app.state``). Pages live in ``pages/``, the frame in streamlit_app.py."""
+"""The Streamlit side: state shared by the pages (``app.state``).
+
+The pages live in ``pages/`` and the frame in ``streamlit_app.py``.
+"""
 
 __all__: list[str] = []

@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "write_bytes_atomic", "write_text_atomic",
-           "write_json_atomic", "read_json", "file_sha256"]
+__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir", "write_bytes_atomic",
+           "write_text_atomic", "write_json_atomic", "read_json", "file_sha256"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,29 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(dest: Path | str) -> Iterator[Path]:
+    """A fresh staging folder beside ``dest`` that becomes ``dest`` in one rename when the block succeeds.
+
+    For a folder built once and then only read (an extracted dataset, a built-in
+    one): when ``dest`` appeared meanwhile (another process finished first; theirs
+    is as good as ours) the staged copy is dropped; when the block fails it is removed.
+    """
+    dest = Path(dest)
+    stage = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        try:
+            os.replace(stage, dest)
+        except OSError:
+            shutil.rmtree(stage, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
         raise
 
 

@@ -15,6 +15,7 @@ import plotly.express as px
 import streamlit as st
 
 from engine.data.builtin import BUILTIN_DATASETS
+from engine.data.embedding import METHODS, embedding_status, start_embedding_map
 from engine.data.health import health_check
 from engine.data.images import ImageProblem, load_rgb
 from engine.data.ingest import ingest_table, ingest_zip, server_datasets, uploaded_datasets, uploads_dir
@@ -119,17 +120,23 @@ val_fraction = st.slider("Validation fraction (used when the data has no train/v
                          float(st.session_state.get("val_fraction", 0.2)), 0.05)
 st.session_state["val_fraction"] = val_fraction
 
-bar = st.progress(0.0, text="Checking files")
+
+@st.cache_data(ttl=300, max_entries=8, show_spinner="Checking the dataset (new files are read once each)…")
+def _health(spec: str, val_fraction: float):
+    """The health check, once per dataset and split for a few minutes, not on every rerun.
+
+    A changed folder shows after the cache expires or with the Re-check button.
+    """
+    return health_check(spec, val_fraction=val_fraction)
+
+
+if st.button("Re-check files", key="recheck", help="scan the dataset again (new or changed files)"):
+    _health.clear()
 try:
-    dataset, health = health_check(
-        spec, val_fraction=val_fraction,
-        progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Checking files: {done}/{total}"),
-    )
-except UserError as exc:
-    bar.empty()
+    dataset, health = _health(spec, val_fraction)
+except (UserError, ImageProblem) as exc:
     st.error(str(exc))
     st.stop()
-bar.empty()
 
 manifest, usable = dataset.manifest, dataset.usable
 st.subheader(_label(spec))
@@ -215,25 +222,32 @@ else:
 st.header("Embedding map")
 st.caption("MobileNetV2 features of up to 2,000 images at 96 px, projected to 2-D. Points whose nearest "
            "neighbours mostly carry another label may be mislabelled.")
-method = st.radio("Projection", ["pca", "tsne"], horizontal=True, key="embed_method")
-if st.button("Compute embedding map", key="embed_go") or st.session_state.get("embed_for") == (spec, method):
-    from engine.data.embedding import embedding_map
+method = st.radio("Projection", list(METHODS), horizontal=True, key="embed_method")
+task, points = embedding_status(dataset, method)
+if points is None and not (task and task["state"] == "running"):
+    if task and task["state"] == "failed":
+        st.error(f"The embedding map failed: {task['error']}")
+    if st.button("Compute embedding map", key="embed_go",
+                 help="runs in the background; about a minute per 2,000 images on CPU"):
+        try:
+            task = start_embedding_map(spec, dataset, method)
+        except UserError as exc:
+            st.error(str(exc))
+if points is None and task and task["state"] == "running":
+    @st.fragment(run_every="1s")
+    def _wait_for_map() -> None:
+        now, _ = embedding_status(dataset, method)
+        if not now or now["state"] != "running":
+            st.rerun()  # once: the full page redraws with the map
+        st.info("Computing the embedding map in the background…", icon=":material/hourglass_top:")
 
-    embed_bar = st.progress(0.0, text="Computing features")
-    try:
-        points = embedding_map(dataset, method=method,
-                               progress=lambda done, total: embed_bar.progress(done / max(total, 1)))
-        st.session_state["embed_for"] = (spec, method)
-    except UserError as exc:
-        st.error(str(exc))
-        points = None
-    embed_bar.empty()
-    if points is not None:
-        st.plotly_chart(px.scatter(points, x="x", y="y", color="label", symbol="suspect",
-                                   hover_data=["path", "label", "split", "neighbour_agreement"]),
-                        width="stretch")
-        suspects = points[points["suspect"]]
-        st.write(f"{len(suspects)} possible mislabel(s).")
-        if len(suspects):
-            _gallery(dataset.root, suspects, captions=list(suspects["label"].head(GALLERY)))
-            _table(suspects, "possible_mislabels", "dl_suspects")
+    _wait_for_map()
+if points is not None:
+    st.plotly_chart(px.scatter(points, x="x", y="y", color="label", symbol="suspect",
+                               hover_data=["path", "label", "split", "neighbour_agreement"]),
+                    width="stretch")
+    suspects = points[points["suspect"]]
+    st.write(f"{len(suspects)} possible mislabel(s).")
+    if len(suspects):
+        _gallery(dataset.root, suspects, captions=list(suspects["label"].head(GALLERY)))
+        _table(suspects, "possible_mislabels", "dl_suspects")

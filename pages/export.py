@@ -139,4 +139,5 @@ for col, v in zip(cols, ready):
     col.download_button(f"{path.name}", path.read_bytes, file_name=path.name, mime="application/octet-stream",
                         key=f"dl-{v}", help=VARIANT_HELP[v])
 strict_note = ", ".join(STRICT_VARIANTS)
-st.caption(f"{strict_note} must match PyTorch exactly (gate); fp16 and int8 report their accuracy change and you decide.")
+st.caption(f"{strict_note} must match PyTorch exactly (gate); fp16 and int8 report their accuracy change and "
+           "you decide.")

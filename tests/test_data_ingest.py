@@ -212,3 +212,10 @@ def test_cli_inspect_json_reports_health_for_a_csv_dataset(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["num_images"] == 8
     assert any("leaves the dataset folder" in r["status"] for r in out["health"]["unreadable"])
+
+
+def test_a_zip_is_stored_once_whether_uploaded_or_named_on_the_command_line(tmp_path):
+    upload = _zip(tmp_path / "stored-once.zip", _good_entries())
+    from_cli = load_dataset(upload)
+    assert from_cli.root == ingest_zip(upload)  # the same folder, not a second copy
+    assert len([p for p in datasets_dir().iterdir() if p.name.startswith("stored-once")]) == 1

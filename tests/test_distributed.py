@@ -25,7 +25,7 @@ import pytest
 
 from engine.runs import Run
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 REPO = Path(__file__).resolve().parent.parent
 

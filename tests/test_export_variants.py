@@ -100,6 +100,7 @@ def test_tampered_fp32_fails_gate_and_blocks_bundle(exported_variants_run, tmp_p
         build_bundle(run.path)
 
 
+@pytest.mark.slow
 def test_cli_export_variants_and_bundle(exported_variants_run, tmp_path):
     run = Run(shutil.copytree(exported_variants_run.path, tmp_path / "cli"))
     shutil.rmtree(run.export_dir)

@@ -6,15 +6,18 @@ import shutil
 import signal
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from engine.runs import jobs
 from engine.runs import TERMINAL_STATES, new_run
+from engine.runs.tasks import pid_alive
 from engine.training.config import TrainConfig
 from engine.workspace import home
 from conftest import make_shapes_dataset
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _queued_run(data, label, **kw):
@@ -43,14 +46,14 @@ def _job_pid(run):
 def _dispatcher_pid():
     path = home() / "dispatcher.pid"  # written by the dispatcher that holds the lock
     pid = int(path.read_text()) if path.is_file() else None
-    return pid if jobs._alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def _stop_dispatcher():
     pid = _dispatcher_pid()
     if pid:
         os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not jobs._alive(pid), 20)
+        _wait(lambda: not pid_alive(pid), 20)
 
 
 def test_cancel_running_job_and_read_it_mid_run(shapes_dir):
@@ -70,8 +73,6 @@ def test_cancel_running_job_and_read_it_mid_run(shapes_dir):
     _wait(lambda: run.status()["state"] in TERMINAL_STATES, 30)
     assert run.status()["state"] == "cancelled"
     assert time.time() - asked < 15  # the loop checks between steps, well inside the grace period
-    import torch
-
     last = torch.load(run.last_checkpoint, weights_only=True)
     assert last["epoch"] == len(run.metrics()) >= 2
     assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] <= last["epoch"]
@@ -85,7 +86,7 @@ def test_killed_worker_is_marked_interrupted_and_resumes_to_the_end(shapes_dir):
     # A server restart: the dispatcher and the worker die at once.
     _stop_dispatcher()
     os.kill(pid, signal.SIGKILL)
-    _wait(lambda: not jobs._alive(pid), 20)
+    _wait(lambda: not pid_alive(pid), 20)
     assert run.status()["state"] == "running"  # nobody has noticed yet
     assert str(run.path.resolve()) in jobs.recover_interrupted()
     assert run.status()["state"] == "interrupted"
@@ -95,7 +96,13 @@ def test_killed_worker_is_marked_interrupted_and_resumes_to_the_end(shapes_dir):
     assert run.status()["state"] == "done", run.status()
     assert [m["epoch"] for m in run.metrics()] == [1, 2, 3, 4, 5]
     assert done_before >= 2
-    assert run.evaluation()["accuracy"] >= 0
+    # The evaluation is of the best checkpoint of the whole (resumed) run, and its numbers add up.
+    evaluation = run.evaluation()
+    assert evaluation["best_epoch"] == torch.load(run.best_checkpoint, weights_only=True)["epoch"]
+    assert 1 <= evaluation["best_epoch"] <= 5
+    confusion = np.array(evaluation["confusion_matrix"])
+    assert confusion.sum() == evaluation["num_images"] > 0
+    assert evaluation["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
 
 
 def test_crashed_jobs_fail_in_plain_words_and_the_queue_moves_on(tmp_path, shapes_dir):

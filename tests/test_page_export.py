@@ -63,6 +63,7 @@ def test_failing_fp32_gate_blocks_downloads_with_the_reason(page_run):
     assert not any(label.startswith("Download bundle") or label.endswith(".onnx") for label in labels)
 
 
+@pytest.mark.slow
 def test_export_from_the_page(page_run):
     shutil.rmtree(page_run.export_dir)
     at = _open(page_run)

@@ -83,7 +83,8 @@ def bench_one(backbone: str, *, images: torch.Tensor, labels: torch.Tensor, num_
     real_s = _time(real, steps, setup.device)
     real_ips = steps * batch_size / real_s
     synth_ips = steps * batch_size / synth_s
-    return {"backbone": backbone, "device": str(setup.device), "amp": str(setup.amp_dtype or "off").replace("torch.", ""),
+    amp = str(setup.amp_dtype or "off").replace("torch.", "")
+    return {"backbone": backbone, "device": str(setup.device), "amp": amp,
             "channels_last": setup.channels_last, "image_size": image_size, "batch_size": batch_size,
             "steps": steps, "pretrained": pretrained, "real_images_per_s": round(real_ips, 1),
             "synthetic_images_per_s": round(synth_ips, 1), "ratio": round(real_ips / synth_ips, 3)}

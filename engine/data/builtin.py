@@ -7,8 +7,6 @@ atomic so several users asking at once never see half a dataset.
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import UserError
-from engine.workspace import datasets_dir
+from engine.workspace import atomic_dir, datasets_dir
 
 __all__ = ["BuiltinDataset", "BUILTIN_DATASETS", "register_builtin", "materialise", "DEFAULT_DATASET"]
 
@@ -142,9 +140,9 @@ def _build_skimage_textures(dest: Path) -> None:
         for i in range(30):
             side = int(rng.integers(64, 161))
             left, top = (int(v) for v in rng.integers(0, np.array(photo.size) - side + 1))
-            crop = photo.crop((left, top, left + side, top + side)).resize((64, 64), Image.BILINEAR)
+            crop = photo.crop((left, top, left + side, top + side)).resize((64, 64), Image.Resampling.BILINEAR)
             if rng.random() < 0.5:
-                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             crop.save(folder / f"{name}_{i:02d}.png")
 
 
@@ -158,16 +156,6 @@ def materialise(name: str) -> Path:
     dest = datasets_dir() / f"builtin-{name}"
     if dest.is_dir():
         return dest
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        BUILTIN_DATASETS[name].build(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process finished first; theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(dest) as stage:
+        BUILTIN_DATASETS[name].build(stage)
     return dest

@@ -18,11 +18,10 @@ import pandas as pd
 
 from engine.data.builtin import BUILTIN_DATASETS, materialise
 from engine.data.images import IMAGE_SUFFIXES, inspect_file
-from engine.data.zipsafe import safe_extract
 from engine.errors import UserError
-from engine.workspace import cache_dir, datasets_dir
+from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["Dataset", "load_dataset", "load_split", "scan_folder", "assign_split", "check_label", "find_table",
+__all__ = ["Dataset", "load_dataset", "load_split", "read_table", "assign_split", "check_label", "find_table",
            "MANIFEST_COLUMNS", "TABLE_NAMES"]
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -115,14 +114,11 @@ def _read_facts_cache(root: Path) -> dict[str, dict]:
 
 
 def _write_facts_cache(root: Path, manifest: pd.DataFrame) -> None:
-    path = _manifest_cache_file(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        manifest.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(_manifest_cache_file(root)) as tmp:
+            manifest.to_parquet(tmp, index=False)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a cache we cannot write only costs time
+        pass  # a cache we cannot write only costs time
 
 
 def _fill_facts(root: Path, rows: list[dict], progress: Progress | None) -> None:
@@ -162,11 +158,11 @@ def _fill_facts(root: Path, rows: list[dict], progress: Progress | None) -> None
                 progress(done, total)
 
 
-def _file_row(path: Path, root: Path, label: str, split: str, st: os.stat_result | None = None) -> dict:
-    st = st or path.stat()
-    return {"path": path.relative_to(root).as_posix(), "label": label, "split": split, "width": 0, "height": 0,
-            "mode": "", "bytes": st.st_size, "status": "ok", "hash": "", "phash": 0,
-            "mtime_ns": st.st_mtime_ns}
+def _manifest_row(path: str, label: str, split: str, st: os.stat_result | None = None, status: str = "ok") -> dict:
+    """One manifest row before its facts are read (``st``: the file's stat, None when there is no file)."""
+    return {"path": path, "label": label, "split": split, "width": 0, "height": 0, "mode": "",
+            "bytes": st.st_size if st else 0, "status": status, "hash": "", "phash": 0,
+            "mtime_ns": st.st_mtime_ns if st else 0}
 
 
 def _walk_files(folder: Path) -> list[tuple[str, os.stat_result]]:
@@ -196,9 +192,7 @@ def _scan_classes(folder: Path, root: Path, split: str, rows: list[dict], proble
             problems.append(f"class folder '{where}' is empty and was ignored")
         for rel, st in files:
             suffix = os.path.splitext(rel)[1].lower()
-            row = {"path": f"{prefix}{label}/{rel}", "label": label, "split": split, "width": 0, "height": 0,
-                   "mode": "", "bytes": st.st_size, "status": "ok", "hash": "", "phash": 0,
-                   "mtime_ns": st.st_mtime_ns}
+            row = _manifest_row(f"{prefix}{label}/{rel}", label, split, st)
             if bad_label:
                 row["status"] = f"{bad_label} ({label[:40]!r})"
             elif suffix not in IMAGE_SUFFIXES:
@@ -206,10 +200,12 @@ def _scan_classes(folder: Path, root: Path, split: str, rows: list[dict], proble
             rows.append(row)
     loose = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if loose:
-        problems.append(f"{len(loose)} image(s) directly in {folder.name or 'the top folder'} are not in a class folder and were ignored")
+        problems.append(f"{len(loose)} image(s) directly in {folder.name or 'the top folder'} are not in a class "
+                        "folder and were ignored")
 
 
-def _read_table(table: Path) -> pd.DataFrame:
+def read_table(table: Path) -> pd.DataFrame:
+    """A labels table (CSV or parquet) with lower-case columns, at least ``path`` and ``label``; UserError if not."""
     try:
         if table.suffix.lower() == ".parquet":
             frame = pd.read_parquet(table)
@@ -245,7 +241,7 @@ def _table_path(text: str, root: Path, real_root: Path) -> tuple[Path | None, st
 
 
 def _scan_table(table: Path, root: Path, rows: list[dict], problems: list[str]) -> None:
-    frame = _read_table(table)
+    frame = read_table(table)
     real_root = root.resolve()
     seen: set[str] = set()
     splits = frame["split"] if "split" in frame.columns else [""] * len(frame)
@@ -255,10 +251,9 @@ def _scan_table(table: Path, root: Path, rows: list[dict], problems: list[str]) 
         path, why = _table_path(text, root, real_root)
         rel = path.relative_to(root).as_posix() if path is not None else text
         if path is not None:
-            row = _file_row(path, root, label, split)
+            row = _manifest_row(rel, label, split, path.stat())
         else:
-            row = {"path": text, "label": label, "split": split, "width": 0, "height": 0, "mode": "", "bytes": 0,
-                   "status": f"row {number}: {why}", "hash": "", "phash": 0, "mtime_ns": 0}
+            row = _manifest_row(text, label, split, status=f"row {number}: {why}")
         bad_label = check_label(label)
         if why is None and rel in seen:
             row["status"] = f"row {number}: file listed more than once in the table"
@@ -266,7 +261,7 @@ def _scan_table(table: Path, root: Path, rows: list[dict], problems: list[str]) 
             row["status"] = f"row {number}: {bad_label} ({label[:40]!r})"
         elif why is None and split_text and not split:
             row["status"] = f"row {number}: unknown split {split_text[:20]!r} (use train, val or test)"
-        elif why is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+        elif path is not None and path.suffix.lower() not in IMAGE_SUFFIXES:
             row["status"] = f"not an image file ({path.suffix or 'no extension'})"
         seen.add(rel)
         rows.append(row)
@@ -280,12 +275,6 @@ def find_table(root: Path) -> Path | None:
         if (Path(root) / name).is_file():
             return Path(root) / name
     return None
-
-
-def scan_folder(root: Path, table: Path | None = None,
-                progress: Progress | None = None) -> tuple[pd.DataFrame, list[str]]:
-    manifest, problems, _root = _scan(root, table, progress)
-    return manifest, problems
 
 
 def _scan(root: Path, table: Path | None = None,
@@ -353,18 +342,6 @@ def assign_split(manifest: pd.DataFrame, val_fraction: float = 0.2, seed: int = 
     return manifest
 
 
-def _dataset_from_zip(path: Path) -> tuple[str, Path]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    safe_stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:40] or "upload"
-    dest = datasets_dir() / f"{safe_stem}-{digest.hexdigest()[:10]}"
-    if not dest.is_dir():
-        safe_extract(path, dest)
-    return path.stem, dest
-
-
 def load_split(config: dict, split: str, size: int, classes: list[str]):
     """The ``split`` images of a run's dataset, decoded at ``size`` px as training saw them.
 
@@ -400,7 +377,9 @@ def load_dataset(spec: str | Path, val_fraction: float = 0.2, seed: int = 0,
         if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
             name, root, table = path.parent.name, path.parent, path
         elif path.is_file():
-            name, root = _dataset_from_zip(path)
+            from engine.data.ingest import ingest_zip  # it imports this module
+
+            name, root = path.stem, ingest_zip(path)
         else:
             name, root = path.name, path
     manifest, problems, root = _scan(root, table, progress)

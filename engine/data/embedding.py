@@ -4,10 +4,15 @@ Pooled MobileNetV2 features of a capped, stratified sample at a small size,
 projected with PCA (or t-SNE). A point whose nearest neighbours in feature
 space mostly carry another label is flagged as a possible mislabel. The
 result is cached on disk per dataset fingerprint, sample and projection.
+
+The Dataset page computes it in the background (:func:`start_embedding_map`,
+a ``python -m engine inspect --embedding`` task) and polls
+:func:`embedding_status`; it never runs the backbone in the page script.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,15 +20,49 @@ import torch
 
 from engine.data.dataset import Dataset
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
-from engine.workspace import cache_dir
+from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["embedding_map", "EMBED_BACKBONE", "EMBED_SIZE", "MAX_EMBED_IMAGES"]
+__all__ = ["embedding_map", "embedding_folder", "start_embedding_map", "embedding_status", "EMBED_BACKBONE",
+           "EMBED_SIZE", "MAX_EMBED_IMAGES", "METHODS"]
 
 EMBED_BACKBONE = "mobilenet_v2"
 EMBED_SIZE = 96
 MAX_EMBED_IMAGES = 2000
 NEIGHBOURS = 5
+METHODS = ("pca", "tsne")
 _BATCH = 64
+_POINTS = "points.parquet"
+
+
+def embedding_folder(dataset: Dataset, method: str = "pca", max_images: int = MAX_EMBED_IMAGES, seed: int = 0) -> Path:
+    """The cache folder of one map: its points (``points.parquet``) and, when computed in the background, the task."""
+    key = f"{dataset.fingerprint()}-{EMBED_BACKBONE}-{EMBED_SIZE}-{max_images}-{method}-{seed}"
+    return cache_dir() / "embeddings" / key
+
+
+def start_embedding_map(spec: str, dataset: Dataset, method: str = "pca", max_images: int = MAX_EMBED_IMAGES) -> dict:
+    """Compute the map of ``dataset`` (loaded from ``spec``) in a background process; poll :func:`embedding_status`."""
+    from engine.runs.tasks import start_task
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    argv = ["inspect", str(spec), "--val-fraction", str(dataset.val_fraction), "--embedding",
+            "--embedding-max", str(max_images), "--embedding-method", method]
+    return start_task(embedding_folder(dataset, method, max_images, dataset.seed), argv, _POINTS)
+
+
+def embedding_status(dataset: Dataset, method: str = "pca",
+                     max_images: int = MAX_EMBED_IMAGES) -> tuple[dict | None, pd.DataFrame | None]:
+    """The background task's state (None if none was started) and the map's points once they exist."""
+    from engine.runs.tasks import task_state
+
+    folder = embedding_folder(dataset, method, max_images, dataset.seed)
+    state = task_state(folder, _POINTS)
+    try:
+        points = pd.read_parquet(folder / _POINTS) if (folder / _POINTS).is_file() else None
+    except Exception:  # damaged: compute it again
+        points = None
+    return state, points
 
 
 def _sample(dataset: Dataset, max_images: int, seed: int) -> pd.DataFrame:
@@ -72,9 +111,9 @@ def embedding_map(dataset: Dataset, max_images: int = MAX_EMBED_IMAGES, method: 
     from sklearn.manifold import TSNE
     from sklearn.neighbors import NearestNeighbors
 
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method must be 'pca' or 'tsne', not {method!r}")
-    cache = cache_dir() / "embeddings" / f"{dataset.fingerprint()}-{EMBED_BACKBONE}-{EMBED_SIZE}-{max_images}-{method}-{seed}.parquet"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    cache = embedding_folder(dataset, method, max_images, seed) / _POINTS
     if cache.is_file():
         try:
             return pd.read_parquet(cache)
@@ -94,8 +133,6 @@ def embedding_map(dataset: Dataset, max_images: int = MAX_EMBED_IMAGES, method: 
     agree = (labels[idx[:, 1:]] == labels[:, None]).mean(axis=1)
     result = pd.DataFrame({"path": rows["path"], "label": rows["label"], "split": rows["split"],
                            "x": xy[:, 0], "y": xy[:, 1], "neighbour_agreement": agree, "suspect": agree < 0.5})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".partial")
-    result.to_parquet(tmp, index=False)
-    tmp.replace(cache)
+    with atomic_path(cache) as tmp:
+        result.to_parquet(tmp, index=False)
     return result

@@ -2,7 +2,7 @@
 
 Everything here reads the manifest (content hash, 64-bit perceptual hash, header facts
 per file), so the report costs one pass over the files, cached by
-:func:`engine.data.dataset.scan_folder`, plus table arithmetic. The report is
+:func:`engine.data.dataset.load_dataset`, plus table arithmetic. The report is
 a JSON-ready dict; the Dataset page and ``python -m engine inspect --json``
 show the same one.
 """
@@ -19,6 +19,9 @@ from engine.data.images import hamming
 __all__ = [
     "NEAR_DUPLICATE_BITS",
     "TINY_CLASS",
+    "IMBALANCE_RATIO",
+    "class_weights",
+    "inverse_frequency_weights",
     "health_check",
     "health_report",
     "exact_duplicates",
@@ -32,11 +35,37 @@ __all__ = [
 NEAR_DUPLICATE_BITS = 3
 # Fewer usable images than this in a class: too few to learn or to measure.
 TINY_CLASS = 5
-# Imbalance (largest / smallest training class) from which class weights are suggested.
-IMBALANCE_WARN = 1.5
+# Imbalance (largest / smallest training class) from which the loss is weighted by class.
+IMBALANCE_RATIO = 1.5
 _MAX_PAIRS = 20_000
 _MAX_EXAMPLES = 50
 _CHUNK = 512
+
+
+def inverse_frequency_weights(counts) -> np.ndarray:
+    """Per class ``N / (K * n_k)`` for training-image counts ``n_k``: the mean weight over images is 1.
+
+    A class without images gets 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = np.zeros_like(counts)
+    present = counts > 0
+    weights[present] = counts.sum() / (len(counts) * counts[present])
+    return weights
+
+
+def class_weights(counts) -> np.ndarray | None:
+    """The loss weights to train with, from per-class training-image counts (in class order).
+
+    Inverse-frequency weights (:func:`inverse_frequency_weights`) when the largest
+    class has at least ``IMBALANCE_RATIO`` times the images of the smallest;
+    None when the classes are balanced enough (or one is empty), i.e. plain loss.
+    Training and the health report both decide with this function.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) == 0 or counts.min() <= 0 or counts.max() / counts.min() < IMBALANCE_RATIO:
+        return None
+    return inverse_frequency_weights(counts)
 
 
 def _pair_kind(a: pd.Series, b: pd.Series) -> str:
@@ -72,7 +101,9 @@ def near_duplicates(dataset: Dataset, max_bits: int = NEAR_DUPLICATE_BITS) -> tu
     usable = dataset.usable.reset_index(drop=True)
     hashes = usable["phash"].to_numpy(dtype=np.int64)
     content = usable["hash"].to_numpy()
-    found_i, found_j, found_d = [], [], []
+    found_i: list[int] = []
+    found_j: list[int] = []
+    found_d: list[int] = []
     total = 0
     for start in range(0, len(hashes), _CHUNK):
         block = hashes[start : start + _CHUNK]
@@ -84,7 +115,8 @@ def near_duplicates(dataset: Dataset, max_bits: int = NEAR_DUPLICATE_BITS) -> tu
         total += len(i)
         room = _MAX_PAIRS - len(found_i)
         if room > 0:
-            found_i.extend(i[:room]), found_j.extend(j[:room])
+            found_i.extend(i[:room])
+            found_j.extend(j[:room])
             found_d.extend(dist[i[:room] - start, j[:room]])
     a, b = usable.iloc[found_i].reset_index(drop=True), usable.iloc[found_j].reset_index(drop=True)
     pairs = pd.DataFrame({"path": a["path"], "other": b["path"], "label": a["label"], "other_label": b["label"],
@@ -143,10 +175,10 @@ def health_report(dataset: Dataset) -> dict:
     train = usable.loc[usable["split"] == "train", "label"].value_counts()
     train = train.reindex(dataset.classes, fill_value=0)
     ratio = float(train.max() / train.min()) if len(train) and train.min() > 0 else float("inf")
-    # Inverse frequency, normalised so the average weight over training images is 1.
-    weights = {str(c): round(float(len(usable[usable["split"] == "train"]) / (len(train) * n)), 4)
-               for c, n in train.items() if n > 0}
-    if ratio >= IMBALANCE_WARN:
+    weights = {str(c): round(float(w), 4) for (c, n), w in zip(train.items(), inverse_frequency_weights(train))
+               if n > 0}
+    suggest_weights = class_weights(train.to_numpy()) is not None
+    if suggest_weights:
         warnings.append(f"classes are imbalanced: the largest training class has {ratio:.1f}x the images of "
                         f"the smallest; consider the suggested class weights")
 
@@ -192,7 +224,7 @@ def health_report(dataset: Dataset) -> dict:
             "train_counts": {str(k): int(v) for k, v in train.items()},
             "imbalance_ratio": ratio if np.isfinite(ratio) else None,
             "class_weights": weights,
-            "suggest_class_weights": bool(ratio >= IMBALANCE_WARN),
+            "suggest_class_weights": suggest_weights,
         },
         "split": {
             "source": dataset.split_source,

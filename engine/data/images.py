@@ -23,7 +23,6 @@ __all__ = [
     "perceptual_hash",
     "hamming",
     "load_rgb",
-    "probe_image",
     "resize_center_crop",
 ]
 
@@ -40,26 +39,6 @@ _EXIF_ORIENTATION = 0x0112
 
 class ImageProblem(ValueError):
     """A file that cannot be used as an image; the message is the reason."""
-
-
-def probe_image(path: Path) -> tuple[int, int, str]:
-    """Width, height and mode from the header alone (no pixel decode)."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            mode = img.mode
-            fmt = img.format
-    except UnidentifiedImageError:
-        raise ImageProblem("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError:
-        raise ImageProblem("image dimensions are too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem(f"unreadable image ({exc})") from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageProblem(f"image is {width}x{height}, over the {MAX_IMAGE_PIXELS:,} pixel limit")
-    if fmt is None:
-        raise ImageProblem("not an image (unrecognised format)")
-    return width, height, mode
 
 
 def _dct_rows(n: int, keep: int) -> np.ndarray:
@@ -82,13 +61,13 @@ def perceptual_hash(img: Image.Image) -> int:
     sensor noise, which flip many bits of a gradient hash (dHash) on images
     with flat, noisy backgrounds.
     """
-    grey = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32)
+    grey = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32)
     low = (_DCT_LOW @ grey @ _DCT_LOW.T).ravel()
     bits = low > np.median(low[1:])
     return int(np.packbits(bits).view(">u8")[0].astype(np.int64))
 
 
-def inspect_file(path: Path) -> dict:
+def inspect_file(path: Path | str) -> dict:
     """Everything the manifest needs about one file, reading it once.
 
     Returns ``width, height`` (after EXIF rotation), ``mode``, ``hash`` (content
@@ -176,8 +155,7 @@ def load_rgb(path_or_file) -> Image.Image:
                         f"image is {img.size[0]}x{img.size[1]}, over the {MAX_IMAGE_PIXELS:,} pixel limit"
                     )
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(ImageOps.exif_transpose(img))
     except ImageProblem:
         raise
     except UnidentifiedImageError:
@@ -197,7 +175,7 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), Image.BILINEAR)
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)

@@ -15,14 +15,15 @@ import shutil
 from pathlib import Path
 
 from engine.data.builtin import BUILTIN_DATASETS
-from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, _read_table
+from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.data.zipsafe import check_upload_size, safe_extract
 from engine.errors import UserError
-from engine.workspace import datasets_dir
+from engine.workspace import atomic_dir, datasets_dir, file_sha256
 
 __all__ = [
     "data_roots",
     "validate_spec",
+    "dataset_folder",
     "ingest_zip",
     "ingest_table",
     "server_datasets",
@@ -76,25 +77,23 @@ def validate_spec(spec: str | None) -> str:
     return str(real)
 
 
-def _digest(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
+def dataset_folder(stem: str, *files: Path) -> Path:
+    """Where the dataset made from ``files`` lives: its name and their content hash.
 
-
-def _folder_name(stem: str, digest: str) -> str:
+    The same upload (or the same .zip given on the command line) always maps to
+    the same folder, so it is extracted and stored once.
+    """
+    digests = [file_sha256(path) for path in files]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:40].strip("_") or "upload"
-    return f"{safe}-{digest}"
+    return datasets_dir() / f"{safe}-{digest[:12]}"
 
 
 def ingest_zip(zip_path: Path, name: str | None = None) -> Path:
-    """Extract an uploaded .zip of class folders into its own dataset folder."""
+    """Extract a .zip of class folders (uploaded, or named on the command line) into its own dataset folder."""
     zip_path = Path(zip_path)
     check_upload_size(zip_path)
-    dest = datasets_dir() / _folder_name(Path(name or zip_path.name).stem, _digest(zip_path))
+    dest = dataset_folder(Path(name or zip_path.name).stem, zip_path)
     if not dest.is_dir():
         safe_extract(zip_path, dest)
     return dest
@@ -114,26 +113,17 @@ def ingest_table(table_path: Path, images_zip: Path, name: str | None = None) ->
         raise UserError(f"{table_path.name} is not a .csv or .parquet table of path,label[,split]")
     check_upload_size(table_path)
     check_upload_size(images_zip)
-    _read_table(table_path)  # fail now, before extracting, if the columns are wrong
+    read_table(table_path)  # fail now, before extracting, if the columns are wrong
     stem = Path(name or table_path.name).stem
-    dest = datasets_dir() / _folder_name(stem, _digest(table_path, images_zip))
+    dest = dataset_folder(stem, table_path, images_zip)
     if dest.is_dir():
         return dest
-    stage = dest.with_name(f".{dest.name}.stage-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with atomic_dir(dest) as stage:
         safe_extract(images_zip, stage)
         table_name = "labels.parquet" if suffix == ".parquet" else "labels.csv"
         for other in TABLE_NAMES:  # the uploaded table wins over one inside the zip
             (stage / other).unlink(missing_ok=True)
         shutil.copyfile(table_path, stage / table_name)
-        try:
-            os.replace(stage, dest)
-        except OSError:  # someone uploaded the same pair at the same moment
-            shutil.rmtree(stage, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return dest
 
 

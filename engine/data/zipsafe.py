@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from engine.errors import UserError
+from engine.workspace import atomic_dir
 
 __all__ = ["ZipLimits", "safe_extract", "max_upload_bytes", "check_upload_size"]
 
@@ -64,17 +64,15 @@ def safe_extract(zip_path: Path, dest: Path, limits: type[ZipLimits] = ZipLimits
     check_upload_size(zip_path)
     if not zipfile.is_zipfile(zip_path):
         raise UserError(f"{zip_path.name} is not a zip archive; upload a .zip of class folders")
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        with zipfile.ZipFile(zip_path) as archive:
+        with atomic_dir(dest) as tmp, zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
             if len(infos) > limits.max_entries:
                 raise UserError(f"the zip has {len(infos):,} entries, over the limit of {limits.max_entries:,}")
             declared = sum(info.file_size for info in infos)
             compressed = max(1, sum(info.compress_size for info in infos))
-            if declared > limits.max_total_bytes or declared / compressed > limits.max_ratio and declared > 64 * 1024**2:
+            too_dense = declared / compressed > limits.max_ratio and declared > 64 * 1024**2
+            if declared > limits.max_total_bytes or too_dense:
                 raise UserError(
                     f"the zip would expand to {declared / 1024**2:,.0f} MB (ratio {declared / compressed:,.0f}:1); "
                     "that looks like a zip bomb, so it was not extracted"
@@ -102,12 +100,6 @@ def safe_extract(zip_path: Path, dest: Path, limits: type[ZipLimits] = ZipLimits
                         if entry_bytes > limits.max_entry_bytes or written > limits.max_total_bytes:
                             raise UserError("the zip expands past the size limit; that looks like a zip bomb")
                         out.write(chunk)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
     except zipfile.BadZipFile as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{zip_path.name} is a damaged zip ({exc}); re-create it and upload again") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

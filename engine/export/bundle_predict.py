@@ -58,7 +58,7 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), Image.BILINEAR)
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
@@ -77,8 +77,8 @@ class Classifier:
         pixels = resize_center_crop(load_rgb(path), self.pre["input_size"])
         if self.pre.get("input_dtype") == "uint8":
             return pixels  # normalisation is inside the graph
-        arr = pixels.astype(np.float32) / 255.0
-        arr = (arr - np.asarray(self.pre["mean"], np.float32)) / np.asarray(self.pre["std"], np.float32)
+        scaled = pixels.astype(np.float32) / 255.0
+        arr = (scaled - np.asarray(self.pre["mean"], np.float32)) / np.asarray(self.pre["std"], np.float32)
         return arr.transpose(2, 0, 1)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -116,7 +116,8 @@ def main(argv=None) -> int:
             continue
         row = next(probs)
         order = np.argsort(-row)[:top_k]
-        print(json.dumps({"image": path, "top_k": [{"class": classes[j], "probability": float(row[j])} for j in order]}))
+        best = [{"class": classes[j], "probability": float(row[j])} for j in order]
+        print(json.dumps({"image": path, "top_k": best}))
     return 0
 
 

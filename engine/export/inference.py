@@ -84,8 +84,9 @@ class OnnxClassifier:
         pixels = resize_center_crop(img, self.preprocess["input_size"])
         if self.input_dtype == "uint8":
             return pixels
-        arr = pixels.astype(np.float32) / 255.0
-        arr = (arr - np.asarray(self.preprocess["mean"], np.float32)) / np.asarray(self.preprocess["std"], np.float32)
+        scaled = pixels.astype(np.float32) / 255.0
+        mean, std = np.asarray(self.preprocess["mean"], np.float32), np.asarray(self.preprocess["std"], np.float32)
+        arr = (scaled - mean) / std
         return arr.transpose(2, 0, 1)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -109,11 +110,12 @@ class OnnxClassifier:
     def predict(self, images: list, top_k: int = 3) -> list[dict]:
         """Top-k classes per image; an unreadable image gets an ``error`` instead."""
         top_k = max(1, min(top_k, len(self.classes)))
-        prepared, results = [], []
+        prepared: list[np.ndarray | None] = []
+        results: list[dict] = []
         for image in images:
             try:
                 prepared.append(self.prepare(image))
-                results.append(None)
+                results.append({})  # filled in below
             except ImageProblem as exc:
                 prepared.append(None)
                 results.append({"error": str(exc)})

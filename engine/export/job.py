@@ -19,7 +19,10 @@ EXPORT_LOG = "export.log"
 
 
 def export_job_state(run_dir: Path | str) -> dict | None:
-    """The run's export task: ``state`` running | done | failed (with ``error``), ``variants``; None if never started."""
+    """The run's export task: ``state`` running | done | failed (with ``error``), ``variants``.
+
+    None when no export was started from a page.
+    """
     return task_state(Run(run_dir).export_dir, None, log_name=EXPORT_LOG)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ class WithFeatures(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a TransferModel: forward_features + head
 
     def forward(self, x: torch.Tensor):
         features = self.model.forward_features(x)
@@ -30,6 +31,9 @@ class WithFeatures(torch.nn.Module):
 
 class Uint8Input(torch.nn.Module):
     """uint8 NHWC RGB pixels -> the normalisation training used -> the model."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, model: torch.nn.Module, mean, std):
         super().__init__()
@@ -55,6 +59,8 @@ def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
         optimize=True,
         verbose=False,
     )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     with atomic_path(path) as tmp:
         program.save(str(tmp), external_data=False)
 

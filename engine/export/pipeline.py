@@ -53,7 +53,8 @@ def export_run(
     run = Run(run_dir)
     config = run.config()
     if not run.best_checkpoint.is_file():
-        raise UserError(f"run '{run.id}' has no trained weights yet (state: {run.status().get('state')}); train it first")
+        state = run.status().get("state")
+        raise UserError(f"run '{run.id}' has no trained weights yet (state: {state}); train it first")
     model, _cfg, classes = load_checkpoint_model(run.best_checkpoint)
     size = config["resolved"]["image_size"]
     mean, std = config["resolved"]["mean"], config["resolved"]["std"]

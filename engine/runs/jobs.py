@@ -96,7 +96,7 @@ def submit(run: Run, resume: bool = False) -> int:
             db.execute("DELETE FROM jobs WHERE run_dir=?", (run_dir,))
             cur = db.execute("INSERT INTO jobs (run_dir, state, created, resume, nproc) VALUES (?, 'queued', ?, ?, ?)",
                              (run_dir, time.time(), int(resume), max(1, int(config.get("nproc") or 1))))
-            job_id = cur.lastrowid
+            job_id = int(cur.lastrowid or 0)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -134,7 +134,8 @@ def queue_run(config, label: str | None = None) -> Run:
 def queue_position(run: Run) -> int | None:
     """1 for the next job to start; None when the run is not waiting."""
     with closing(_db()) as db:
-        row = db.execute("SELECT id FROM jobs WHERE run_dir=? AND state='queued'", (str(run.path.resolve()),)).fetchone()
+        row = db.execute("SELECT id FROM jobs WHERE run_dir=? AND state='queued'",
+                         (str(run.path.resolve()),)).fetchone()
         if row is None:
             return None
         ahead = db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued' AND id<?", (row[0],)).fetchone()[0]
@@ -168,7 +169,8 @@ def recover_interrupted() -> list[str]:
             run = Run(run_dir)
             if run.status().get("state") not in TERMINAL_STATES:
                 run.update_status(state="interrupted", stage="interrupted",
-                                  error="the worker stopped (server restart or killed); resume from the last checkpoint")
+                                  error="the worker stopped (server restart or killed); "
+                                        "resume from the last checkpoint")
             marked.append(run_dir)
     return marked
 

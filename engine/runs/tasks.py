@@ -42,7 +42,8 @@ def engine_command(*argv: str) -> list[str]:
     return [sys.executable, "-m", "engine", *argv]
 
 
-def spawn(command: list[str], log: Path, *, env: dict[str, str] | None = None, append: bool = False) -> subprocess.Popen:
+def spawn(command: list[str], log: Path, *, env: dict[str, str] | None = None,
+          append: bool = False) -> subprocess.Popen:
     """Start ``command`` detached in its own session, stdout and stderr to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a" if append else "w") as out:
