@@ -96,6 +96,11 @@ def cmd_train(args) -> int:
     from engine.training.runner import train
 
     config = _config_from_args(args)
+    if args.queue:  # what the Train page does: check, create the run, queue it for a worker
+        from engine.runs.jobs import queue_run
+
+        print(f"queued {queue_run(config).path}")
+        return 0
     get_spec(config.backbone)  # fail fast on an unknown name
     if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
         # Re-launch this same command as N DistributedDataParallel processes.
@@ -256,7 +261,7 @@ def _add_train_options(p) -> None:
 
 
 def cmd_export(args) -> int:
-    from engine.export import VARIANTS, ExportParityError, export_run
+    from engine.export import VARIANTS, ExportParityError, export_run, parity_rows
 
     variants = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
@@ -267,11 +272,11 @@ def cmd_export(args) -> int:
         return 1
     print(f"top-1 agreement {parity['top1_agreement']:.4f} on {parity['images']} validation images; "
           f"max |logit diff| {parity['max_abs_logit_diff']:.2e}")
-    for v, r in parity["variants"].items():
-        gate = ("passed" if r["passed"] else "FAILED") if r["gate"] == "strict" else "reported"
-        print(f"  {v:<13} {r['file']:<20} {r['bytes'] / 1e6:6.2f} MB  agreement {r['top1_agreement']:.4f}  "
-              f"max|diff| {r['max_abs_logit_diff']:.2e}  accuracy {100 * r['accuracy']:.2f}% "
-              f"({r['accuracy_delta_points']:+.2f} pts)  flipped {len(r['flipped'])}  [{gate}]")
+    for r in parity_rows(parity):
+        diff, delta = (float("nan") if x is None else x for x in (r["max |logit diff|"], r["Δ accuracy (points)"]))
+        print(f"  {r['variant']:<13} {r['file']:<20} {r['MB']:6.2f} MB  agreement {r['top-1 agreement %']:.2f}%  "
+              f"max|diff| {diff:.2e}  accuracy {r['accuracy %']:.2f}% ({delta:+.2f} pts)  "
+              f"flipped {r['images flipped']}  [{r['result']}]")
     if args.bundle:
         from engine.export.bundle import build_bundle
 
@@ -391,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--out", help="run directory to create (default: a new one under workspace/runs)")
     p.add_argument("--export", action="store_true", help="export to ONNX after training")
+    p.add_argument("--queue", action="store_true",
+                   help="check the weights and the dataset, then queue the run for a worker (as the Train page does)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("resume", help="continue an interrupted run from its last epoch checkpoint")

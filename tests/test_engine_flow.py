@@ -59,6 +59,8 @@ def test_one_class_dataset_is_refused(tmp_path, shapes_dir):
     [
         (["inspect", "/no/such/folder"], "neither a folder"),
         (["train", "digits", "--backbone", "nope"], "unknown backbone"),
+        (["train", "digits", "--backbone", "nope", "--queue"], "unknown backbone"),
+        (["train", "/no/such/folder", "--queue"], "neither a folder"),
         (["predict", "/no/model.onnx", "x.png"], "does not exist"),
     ],
 )
