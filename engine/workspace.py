@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir", "write_bytes_atomic",
-           "write_text_atomic", "write_json_atomic", "read_json", "file_sha256"]
+__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir", "write_text_atomic",
+           "write_json_atomic", "read_json", "file_sha256"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,11 +86,6 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-
-
-def write_bytes_atomic(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
