@@ -96,11 +96,16 @@ def export_run(
             convert_fp16(fp32, path)
             add_metadata(path, variant_record(record, v))
         elif v == "int8":
-            from engine.export.quantize import INT8_CALIBRATION_IMAGES, quantize_int8
+            from engine.export.quantize import INT8_CALIBRATION_IMAGES, INT8_HOLDOUT_IMAGES, quantize_int8
 
             train = load_split(config, "train", size, classes)
-            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:INT8_CALIBRATION_IMAGES]
-            quant_info = quantize_int8(fp32, path, normalize(train.images[pick], mean, std).numpy())
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+            pick = order[:INT8_CALIBRATION_IMAGES]
+            # Other training images choose which nodes stay in float; validation only reports each choice.
+            holdout = order[INT8_CALIBRATION_IMAGES : INT8_CALIBRATION_IMAGES + INT8_HOLDOUT_IMAGES]
+            quant_info = quantize_int8(fp32, path, normalize(train.images[pick], mean, std).numpy(),
+                                       holdout=normalize(train.images[holdout], mean, std).numpy(),
+                                       report=(normalize(val.images, mean, std).numpy(), val.labels.numpy()))
             add_metadata(path, variant_record(record, v))
         timings[v] = time.time() - t0
 
