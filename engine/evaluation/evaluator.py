@@ -31,7 +31,7 @@ from engine.evaluation.curves import overfitting, threshold_curve
 from engine.evaluation.metrics import BOOTSTRAP_RESAMPLES, confusion, headline_metrics, per_class_table
 from engine.evaluation.ood import OODReference, build_reference, load_reference
 from engine.runs import Run
-from engine.workspace import atomic_path, read_json, write_json_atomic
+from engine.workspace import atomic_path, file_sha256, read_json, write_json_atomic
 
 __all__ = ["evaluate_run", "load_evaluation", "RunEvaluation", "evaluation_dir", "evaluation_state",
            "start_evaluation", "run_temperature", "run_ood_reference", "activation_maps", "compare_runs",
@@ -165,7 +165,7 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
         "overfitting": overfitting(run.metrics()),
         "galleries": {"confident_mistakes": mistakes["index"].head(GALLERY_SIZE).astype(int).tolist(),
                       "least_certain": uncertain["index"].head(GALLERY_SIZE).astype(int).tolist()},
-        "checkpoint_mtime": run.best_checkpoint.stat().st_mtime,
+        "checkpoint_sha256": _checkpoint_digest(run),
         "evaluated_at": time.time(),
     }
     files = _files(run.path)
@@ -177,6 +177,26 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
     write_json_atomic(files["summary"], summary)
     say(f"evaluation written in {summary['seconds']:.1f} s")
     return summary
+
+
+_DIGESTS: dict[tuple[str, float, int], str] = {}
+
+
+def _checkpoint_digest(run: Run) -> str | None:
+    """sha256 of best.pt (cached per path, mtime and size): copies of a run stay evaluated, new weights do not."""
+    ckpt = run.best_checkpoint
+    if not ckpt.is_file():
+        return None
+    stat = ckpt.stat()
+    key = (str(ckpt.resolve()), stat.st_mtime, stat.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(ckpt)
+    return _DIGESTS[key]
+
+
+def _is_stale(run: Run, summary: dict) -> bool:
+    digest = _checkpoint_digest(run)
+    return digest is not None and digest != summary.get("checkpoint_sha256")
 
 
 @dataclass
@@ -193,8 +213,7 @@ class RunEvaluation:
     @property
     def stale(self) -> bool:
         """The best checkpoint changed after this evaluation (e.g. the run was resumed)."""
-        ckpt = self.run.best_checkpoint
-        return ckpt.is_file() and ckpt.stat().st_mtime > float(self.summary.get("checkpoint_mtime", 0)) + 1e-6
+        return _is_stale(self.run, self.summary)
 
     def cell(self, true_class: str, predicted_class: str) -> pd.DataFrame:
         """The images of one confusion-matrix cell, most confident first."""
@@ -252,10 +271,7 @@ def run_temperature(run_dir: Path | str) -> dict | None:
     summary = read_json(_files(run.path)["summary"])
     if not summary or "calibration" not in summary:
         return None
-    ckpt = run.best_checkpoint
-    if ckpt.is_file() and ckpt.stat().st_mtime > float(summary.get("checkpoint_mtime", 0)) + 1e-6:
-        return None
-    return summary["calibration"]
+    return None if _is_stale(run, summary) else summary["calibration"]
 
 
 def run_ood_reference(run_dir: Path | str) -> OODReference | None:
