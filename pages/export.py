@@ -10,6 +10,7 @@ from engine.errors import UserError
 from engine.export import (STRICT_VARIANTS, VARIANTS, export_job_state, gate_failure, parity_rows, start_export_job,
                            variant_path)
 from engine.workspace import file_sha256
+from engine.export.quantize import quantization_choices
 from engine.workspace import read_json
 from app.state import current_run
 
@@ -100,6 +101,15 @@ st.subheader("Parity per variant")
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button("Download parity table (CSV)", table.to_csv(index=False), file_name=f"{run.id}-parity.csv",
                    mime="text/csv")
+
+choices = pd.DataFrame(quantization_choices(parity))
+if not choices.empty:
+    st.subheader("int8: what each choice costs")
+    st.caption((variants["int8"].get("quantization") or {}).get("selection", "") + ". Validation accuracy is "
+               "shown for every choice but never used to pick one.")
+    st.dataframe(choices, hide_index=True, width="stretch", key="int8_choices")
+    st.download_button("Download int8 choices (CSV)", choices.to_csv(index=False),
+                       file_name=f"{run.id}-int8-choices.csv", mime="text/csv", key="dl-int8-choices")
 
 for v, r in variants.items():
     flips = r.get("flipped") or []

@@ -1,21 +1,22 @@
 """Predict page: classify uploaded images with a run's exported ONNX model."""
 from __future__ import annotations
 
-import io
-
 import pandas as pd
-import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
-from engine.data.images import IMAGE_SUFFIXES, ImageProblem, load_rgb
+from engine.data.images import IMAGE_SUFFIXES
 from engine.errors import UserError
+from engine.evaluation import load_evaluation, threshold_point
+from engine.export.analyse import UNSURE, analyse_images
 from engine.export.inference import get_classifier
 from engine.runs.view import exported_runs, run_label
 from app.state import current_run, set_run
 
 st.title("Predict")
-st.caption("Upload images and see what a trained model says, with its confidence. The model runs with "
-           "onnxruntime from the exported file, exactly as it would in your own application.")
+st.caption("Upload images, a .zip of images, or take a picture, and see what a trained model says, how sure "
+           "it is, and whether the image looks like anything it was trained on. The model runs with onnxruntime "
+           "from the exported file, exactly as it would in your own application.")
 
 runs = exported_runs()
 if not runs:
@@ -43,50 +44,79 @@ except UserError as exc:
     st.stop()
 
 classes = classifier.classes
+evaluation = load_evaluation(run.path)
+
 c1, c2 = st.columns([3, 1])
-uploads = c1.file_uploader(
-    "Images to classify", accept_multiple_files=True, key="predict_uploads",
-    help=f"any of: {', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))}; other files are reported, not used",
-)
+source = c1.radio("Images from", ["Files or a .zip", "Camera"], horizontal=True, key="predict_source")
+if source == "Camera":
+    shot = c1.camera_input("Take a picture", key="predict_camera")
+    files = [(f"camera-{shot.file_id[:8]}.jpg", shot.getvalue())] if shot is not None else []
+else:
+    uploads = c1.file_uploader(
+        "Images to classify (several at once, or a .zip of images)", accept_multiple_files=True,
+        key="predict_uploads",
+        help=f"any of: {', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))}, or a .zip of them; "
+             "a file that is not an image is reported and the others still run")
+    files = [(u.name, u.getvalue()) for u in uploads or []]
 top_k = c2.number_input("Top-k classes", 1, len(classes), min(3, len(classes)), key=f"predict_top_k_{len(classes)}")
-c2.caption(f"{len(classes)} classes · input {classifier.preprocess['input_size']} px")
+threshold = c2.slider("Answer *unsure* below", 0.0, 1.0, 0.0, 0.01, key="predict_threshold",
+                      help="Calibrated top probability under which the model's answer is 'unsure'.")
+c2.caption(f"{len(classes)} classes · input {classifier.preprocess['input_size']} px · "
+           f"temperature {classifier.temperature:.3g}")
 
-if uploads:
-    images, problems = [], {}
-    for upload in uploads:
-        try:
-            images.append((upload.name, load_rgb(io.BytesIO(upload.getvalue()))))
-        except ImageProblem as exc:
-            problems[upload.name] = str(exc)
-    for name, reason in problems.items():
-        st.error(f"**{name}**: {reason}. Upload a PNG, JPEG, WebP, BMP or TIFF image.")
+with st.expander("What the threshold costs, on the validation split", expanded=threshold > 0):
+    if evaluation is None:
+        st.caption("Evaluate the run (Evaluate page) to see the precision/coverage curve.")
+    else:
+        curve = evaluation.summary["threshold_curve"]
+        point = threshold_point(curve, threshold)
+        m1, m2 = st.columns(2)
+        m1.metric("Precision of answered images", f"{point['precision'] or 0:.3f}")
+        m2.metric("Coverage (images answered)", f"{point['coverage']:.3f}")
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(x=curve["threshold"], y=curve["precision"], name="precision of answered"))
+        fig.add_trace(go.Scatter(x=curve["threshold"], y=curve["coverage"], name="coverage"))
+        fig.add_vline(x=threshold, line_dash="dash")
+        fig.update_layout(xaxis_title="threshold", yaxis_range=[0, 1.02], height=300,
+                          margin=dict(l=10, r=10, t=20, b=10))
+        st.plotly_chart(fig, width="stretch", key="predict_threshold_curve")
 
-    results = classifier.predict([img for _, img in images], top_k=int(top_k)) if images else []
-    rows = []
-    for (name, img), result in zip(images, results):
-        if "error" in result:  # decoded above, so rare: e.g. a size the model cannot take
-            st.error(f"**{name}**: {result['error']}")
-            continue
-        top = result["top_k"]
-        rows.append({"file": name, "prediction": top[0]["class"], "probability": top[0]["probability"],
-                     f"top-{len(top)}": ", ".join(f"{t['class']} {t['probability']:.2f}" for t in top)})
-        with st.container(border=True):
-            left, right = st.columns([1, 3])
-            left.image(img, caption=name, width=160)
-            bars = pd.DataFrame(top)
-            fig = px.bar(bars, x="probability", y="class", orientation="h", text_auto=".2f",
-                         range_x=[0, 1], title=f"{top[0]['class']} ({top[0]['probability']:.0%})")
-            fig.update_layout(height=90 + 34 * len(top), margin=dict(l=10, r=10, t=40, b=10),
-                              yaxis={"categoryorder": "total ascending", "title": None})
-            right.plotly_chart(fig, width="stretch", key=f"predict_bar_{len(rows)}")
+if files:
+    try:
+        result = analyse_images(run.path, files, top_k=int(top_k), threshold=float(threshold))
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+    for problem in result["errors"]:
+        st.error(f"**{problem['file']}**: {problem['error']}. Upload PNG, JPEG, WebP, BMP or TIFF images "
+                 "(or a .zip of them).")
+    if not result["ood"]["available"]:
+        st.caption(f"No out-of-distribution score: {result['ood']['reason']}.")
+    rows = result["rows"]
     if rows:
-        table = pd.DataFrame(rows)
+        flagged = sum(r.get("unlike_training", False) for r in rows)
+        unsure = sum(r["answer"] == UNSURE for r in rows)
+        st.subheader(f"{len(rows)} image(s): {unsure} unsure, {flagged} unlike the training data")
+        grid = st.columns(6)
+        for i, r in enumerate(rows[:60]):
+            with grid[i % 6]:
+                st.image(result["images"][r["file"]], width="stretch")
+                flag = " · :red[unlike the training data]" if r.get("unlike_training") else ""
+                st.caption(f"**{r['answer']}** ({r['probability']:.2f}){flag}  \n{r['file']}")
+        if len(rows) > 60:
+            st.caption(f"Gallery shows the first 60; the table has all {len(rows)}.")
+        table = pd.DataFrame([{k: v for k, v in r.items() if k != "top_k"} for r in rows])
         st.subheader("All predictions")
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"probability": st.column_config.ProgressColumn(
-                         "probability", format="%.3f", min_value=0.0, max_value=1.0)})
+                         "probability", format="%.3f", min_value=0.0, max_value=1.0),
+                         "ms": st.column_config.NumberColumn("ms / image", format="%.1f")})
         st.download_button("Download predictions (CSV)", table.to_csv(index=False),
                            f"{run.id}-predictions.csv", "text/csv", on_click="ignore")
+        if result["ood"]["available"]:
+            st.caption(f"*Unlike the training data*: the image's backbone features are farther from the "
+                       f"training images' than {result['ood']['flag_percentile']} % of validation images were "
+                       f"(score above {result['ood']['threshold']:.3f}); treat its answer with caution.")
 
 st.divider()
 st.subheader("Use this model elsewhere")

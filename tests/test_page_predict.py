@@ -42,7 +42,9 @@ def test_upload_shows_top_k_from_the_onnx_model(trained_run):
     expected = get_classifier(trained_run.onnx_file).predict([io.BytesIO(b) for _, b, _ in images], top_k=3)
     assert list(table["prediction"]) == [r["top_k"][0]["class"] for r in expected]
     np.testing.assert_allclose(table["probability"], [r["top_k"][0]["probability"] for r in expected], rtol=1e-5)
-    assert len(at.get("plotly_chart")) == 2  # one top-k bar chart per image
+    assert len(at.get("image")) == 2  # a gallery: one picture per image
+    assert table["answer"].tolist() == table["prediction"].tolist()  # threshold 0: never "unsure"
+    assert (table["ms"] > 0).all()
 
 
 def test_non_image_gets_its_own_error_and_others_still_predict(trained_run):

@@ -13,8 +13,8 @@ import numpy as np
 
 from engine.export.onnx_export import save_checked
 
-__all__ = ["convert_fp16", "quantize_int8", "copy_metadata", "INT8_CALIBRATION_IMAGES", "INT8_HOLDOUT_IMAGES",
-           "INT8_EXCLUDE_STEPS"]
+__all__ = ["convert_fp16", "quantize_int8", "quantization_choices", "copy_metadata", "INT8_CALIBRATION_IMAGES",
+           "INT8_HOLDOUT_IMAGES", "INT8_EXCLUDE_STEPS"]
 
 # MinMax ranges are stable by ~100 images; more only slows calibration (and widens ranges with outliers).
 INT8_CALIBRATION_IMAGES = 128
@@ -220,3 +220,36 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, inpu
     if "ms_per_image" in chosen:
         info["fp32_ms_per_image"] = fp32_ms
     return info
+
+
+def quantization_choices(parity: dict) -> list[dict]:
+    """What each int8 choice the export tried costs: size, speed, agreement and accuracy, beside fp32.
+
+    Read from ``parity.json`` (the int8 variant's ``quantization.candidates``); empty when
+    int8 was not exported or was exported before the choices were recorded.
+    """
+    variants = parity.get("variants") or {}
+    info = (variants.get("int8") or {}).get("quantization") or {}
+    candidates = info.get("candidates") or []
+    if not candidates:
+        return []
+    fp32 = variants.get("fp32") or {}
+    base = fp32.get("accuracy")
+    rows = [{"choice": "fp32 (no quantisation)", "MB": round(fp32.get("bytes", 0) / 1e6, 2),
+             "ms / image": None if info.get("fp32_ms_per_image") is None else round(info["fp32_ms_per_image"], 3),
+             "holdout agreement %": 100.0,
+             "validation accuracy %": None if base is None else round(100 * base, 2), "Δ accuracy (points)": 0.0,
+             "chosen": False}]
+    for c in candidates:
+        k = c["float_nodes"]
+        acc = c.get("val_accuracy")
+        rows.append({
+            "choice": "int8, every node" if k == 0 else f"int8, {k} most sensitive node(s) in float",
+            "MB": round(c["bytes"] / 1e6, 2),
+            "ms / image": None if c.get("ms_per_image") is None else round(c["ms_per_image"], 3),
+            "holdout agreement %": None if c.get("holdout_agreement") is None else round(100 * c["holdout_agreement"], 2),
+            "validation accuracy %": None if acc is None else round(100 * acc, 2),
+            "Δ accuracy (points)": None if acc is None or base is None else round(100 * (acc - base), 2),
+            "chosen": bool(c.get("chosen")),
+        })
+    return rows
