@@ -9,7 +9,7 @@ import streamlit as st
 from engine.errors import UserError
 from engine.export import (STRICT_VARIANTS, VARIANTS, export_job_state, gate_failure, parity_rows, start_export_job,
                            variant_path)
-from engine.workspace import file_sha256
+from engine.export.bundle import build_bundle, unchanged_variants
 from engine.export.quantize import quantization_choices
 from engine.workspace import read_json
 from app.state import current_run
@@ -125,8 +125,7 @@ if failure:
     st.stop()
 
 st.subheader("Download")
-ready = [v for v in VARIANTS if v in variants and variant_path(run, v).is_file()
-         and file_sha256(variant_path(run, v)) == variants[v].get("sha256")]
+ready = unchanged_variants(run, parity)
 changed = [v for v in VARIANTS if v in variants and v not in ready]
 if changed:
     st.warning(f"{', '.join(changed)} changed on disk after the parity check; re-export to download them.")
@@ -136,8 +135,6 @@ bundle_variants = st.multiselect("Models in the bundle", ready, default=ready)
 
 
 def _bundle_bytes() -> bytes:
-    from engine.export.bundle import build_bundle
-
     return build_bundle(run.path, bundle_variants).read_bytes()
 
 

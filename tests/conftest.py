@@ -27,6 +27,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 SHAPES_CLASSES = ["circle", "square", "triangle"]
 
 
+# Tests on the trained (and exported) run share fixtures that train and export once per session,
+# a minute or two on CPU: they belong to the full suite, not to `make test-fast`.
+_TRAINING_FIXTURES = {"trained_run", "exported_variants_run", "bundle_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's workspace; stop its job dispatcher first so nothing writes there again."""
     pid_file = _SESSION_HOME / "dispatcher.pid"

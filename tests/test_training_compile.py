@@ -6,6 +6,7 @@ underlying module are the same code whatever the backbone.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -14,6 +15,8 @@ from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext
 from engine.training.loop import evaluate, resolve_device, train_one_epoch
 from engine.training.runner import _wrap
+
+pytestmark = pytest.mark.slow  # torch.compile takes half a minute even on the tiny backbone
 
 
 def _tiny_model() -> TransferModel:

@@ -16,7 +16,7 @@ from engine.export.variants import STRICT_VARIANTS, VARIANTS, variant_path
 from engine.runs import Run
 from engine.workspace import atomic_path, file_sha256, read_json
 
-__all__ = ["build_bundle", "model_card", "PREDICT_TEMPLATE"]
+__all__ = ["build_bundle", "unchanged_variants", "model_card", "BundleBlocked", "PREDICT_TEMPLATE"]
 
 PREDICT_TEMPLATE = Path(__file__).with_name("bundle_predict.py")
 
@@ -91,6 +91,13 @@ def model_card(run: Run, parity: dict, variants: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unchanged_variants(run: Run, parity: dict) -> list[str]:
+    """The checked variants whose model file still holds the bytes the parity gate checked (sha256)."""
+    checked = parity.get("variants") or {}
+    return [v for v in VARIANTS if "sha256" in checked.get(v, {}) and variant_path(run, v).is_file()
+            and file_sha256(variant_path(run, v)) == checked[v]["sha256"]]
+
+
 def build_bundle(run_dir: Path | str, variants: list[str] | None = None) -> Path:
     """Write ``export/bundle.zip`` (atomically) and return its path.
 
@@ -105,12 +112,13 @@ def build_bundle(run_dir: Path | str, variants: list[str] | None = None) -> Path
         raise BundleBlocked(f"download blocked: {failure}; re-export the run (and check the model) first")
     checked = parity.get("variants") or {}
     chosen = list(variants) if variants else [v for v in VARIANTS if v in checked]
+    unchanged = unchanged_variants(run, parity)
     for v in dict.fromkeys(["fp32", *chosen]):
         if v not in checked or "sha256" not in checked[v]:
             raise BundleBlocked(f"download blocked: variant '{v}' was not exported and checked; export it first")
-        path = variant_path(run, v)
-        if not path.is_file() or file_sha256(path) != checked[v]["sha256"]:
-            raise BundleBlocked(f"download blocked: {path.name} changed after its parity check; re-export the run")
+        if v not in unchanged:
+            raise BundleBlocked(f"download blocked: {variant_path(run, v).name} changed after its parity check; "
+                                "re-export the run")
         if v in STRICT_VARIANTS and not checked[v]["passed"]:
             raise BundleBlocked(f"download blocked: {v} failed its parity gate")
     chosen = list(dict.fromkeys(["fp32", *chosen]))
