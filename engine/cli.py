@@ -39,7 +39,8 @@ def cmd_inspect(args) -> int:
           f" ({summary['num_skipped']} skipped)")
     for split, counts in summary["counts"].items():
         print(f"  {split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    print(f"  image sizes: {summary['image_sizes']['min']} .. {summary['image_sizes']['max']}; modes {summary['modes']}")
+    sizes = summary["image_sizes"]
+    print(f"  image sizes: {sizes['min']} .. {sizes['max']}; modes {summary['modes']}")
     for row in summary["skipped"][:20]:
         print(f"  skipped {row['path']}: {row['status']}")
     for warning in health["warnings"]:
@@ -47,8 +48,8 @@ def cmd_inspect(args) -> int:
     balance = health["balance"]
     print(f"  imbalance ratio {balance['imbalance_ratio']}; suggested class weights {balance['class_weights']}")
     split = health["split"]
-    print(f"  split: {split['source']} {split['sizes']}" + (f" (val_fraction {split['val_fraction']}, seed "
-                                                           f"{split['seed']})" if split["source"] == "generated" else ""))
+    generated = f" (val_fraction {split['val_fraction']}, seed {split['seed']})"
+    print(f"  split: {split['source']} {split['sizes']}" + (generated if split["source"] == "generated" else ""))
     dup = health["duplicates"]
     for kind in ("exact", "near"):
         d = dup[kind]
@@ -424,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist", help="dataset for the real-data path")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto")
-    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (throughput does not depend on them)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="load pretrained weights (throughput does not depend on them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
 
