@@ -155,9 +155,9 @@ with tab_err:
         xs = [c for _ in classes for c in classes]
         ys = [t for t in classes for _ in classes]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker=dict(size=28, opacity=0.01, symbol="square"),
-                                 customdata=[[t, p] for t, p in zip(ys, xs)], hoverinfo="skip", showlegend=False))
+                                 customdata=[[t, p] for t, p in zip(ys, xs)], hoverinfo="none", showlegend=False))
         fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=520,
-                          margin=dict(l=10, r=10, t=30, b=10), clickmode="event+select", dragmode=False)
+                          margin=dict(l=10, r=10, t=30, b=10))
 
         def _on_cell() -> None:
             points = st.session_state["eval_cm"].selection.get("points", [])
