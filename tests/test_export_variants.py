@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from engine.export.bundle import BundleBlocked, build_bundle
-from engine.export import (VARIANTS, check_parity, export_run, fit_temperature, gate_failure,
+from engine.export import (VARIANTS, check_parity, export_run, fit_temperature, gate_failure, gate_label,
                            variant_path)
 from engine.export.inference import OnnxClassifier
 from engine.runs import Run
@@ -144,3 +144,12 @@ def test_exported_probabilities_use_the_recorded_temperature(exported_variants_r
     expected /= expected.sum(1, keepdims=True)
     for row, result in zip(expected, clf.predict(files, top_k=1)):
         assert result["top_k"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-6)
+
+
+def test_gate_label_shows_any_variants_error():
+    # A lossy variant that could not be checked shows its error, not "reported".
+    assert gate_label({"gate": "report", "passed": None, "error": "'model.int8.onnx' is not a loadable ONNX model"}) \
+        == "'model.int8.onnx' is not a loadable ONNX model"
+    assert gate_label({"gate": "report", "passed": None}) == "reported"
+    assert gate_label({"gate": "strict", "passed": False}) == "FAILED"
+    assert gate_label({"gate": "strict", "passed": True}) == "passed"
