@@ -207,7 +207,8 @@ with tab_cal:
         edges = rel["edges"]
         mids = [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:])]
         label = "raw softmax" if which == "before" else f"temperature {cal['temperature']:.3g}"
-        fig.add_trace(go.Scatter(x=mids, y=rel["accuracy"], mode="lines+markers", name=f"{label} (ECE {rel['ece']:.3f})",
+        fig.add_trace(go.Scatter(x=mids, y=rel["accuracy"], mode="lines+markers",
+                                 name=f"{label} (ECE {rel['ece']:.3f})",
                                  line=dict(color=colour), customdata=rel["count"],
                                  hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images"))
     fig.update_layout(xaxis_title="confidence (top probability)", yaxis_title="accuracy", height=420,

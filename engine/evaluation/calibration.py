@@ -71,7 +71,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> dict:
     n = len(labels)
     if n < MIN_TEMPERATURE_IMAGES:
         return {"temperature": 1.0, "fitted": False, "images": n,
-                "reason": f"only {n} validation images (< {MIN_TEMPERATURE_IMAGES}); a fitted temperature would overfit",
+                "reason": f"only {n} validation images (< {MIN_TEMPERATURE_IMAGES}); "
+                          "a fitted temperature would overfit",
                 "nll_before": _nll(logits, labels, 1.0) if n else None,
                 "ece_before": expected_calibration_error(logits, labels) if n else None}
     result = minimize_scalar(lambda log_t: _nll(logits, labels, float(np.exp(log_t))),

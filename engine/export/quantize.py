@@ -157,7 +157,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, inpu
     as onnxruntime's quantisation guide asks. Then, with ``holdout`` (other training images):
     the fully quantised model's per-node SQNR drop is measured with ``qdq_loss_debug``; models
     keeping the worst 0, 2, 4, 8 nodes in float are built, and the one agreeing best with
-    fp32 on the holdout images wins (on a tie, the one with fewer float nodes). ``report`` (validation images, labels) only adds each
+    fp32 on the holdout images wins (on a tie, the one with fewer float nodes).
+    ``report`` (validation images, labels) only adds each
     candidate's accuracy to the returned table, for the Export page; it never picks.
     """
     import onnx
@@ -247,7 +248,8 @@ def quantization_choices(parity: dict) -> list[dict]:
             "choice": "int8, every node" if k == 0 else f"int8, {k} most sensitive node(s) in float",
             "MB": round(c["bytes"] / 1e6, 2),
             "ms / image": None if c.get("ms_per_image") is None else round(c["ms_per_image"], 3),
-            "holdout agreement %": None if c.get("holdout_agreement") is None else round(100 * c["holdout_agreement"], 2),
+            "holdout agreement %": (None if c.get("holdout_agreement") is None
+                                    else round(100 * c["holdout_agreement"], 2)),
             "validation accuracy %": None if acc is None else round(100 * acc, 2),
             "Δ accuracy (points)": None if acc is None or base is None else round(100 * (acc - base), 2),
             "chosen": bool(c.get("chosen")),
