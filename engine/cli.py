@@ -62,33 +62,36 @@ def cmd_inspect(args) -> int:
 
 
 def _config_from_args(args):
+    """The TrainConfig of a ``train``/``lr-find`` command line: ``--config FILE`` (a config.json,
+    how parent processes hand a config to a child), else the flags generated from its fields."""
     from engine.training.config import TrainConfig
+    from engine.workspace import read_json
 
-    return TrainConfig(dataset=str(args.data), backbone=args.backbone, mode=args.mode, epochs=args.epochs,
-                       lr=args.lr, batch_size=args.batch_size, image_size=args.image_size, augment=args.augment,
-                       seed=args.seed, device=args.device, amp=args.amp, val_fraction=args.val_fraction,
-                       unfreeze_stages=args.unfreeze_stages,
-                       channels_last=args.channels_last, layer_decay=args.layer_decay, patience=args.patience,
-                       mix=args.mix, mix_alpha=args.mix_alpha, compile=args.compile, nproc=args.nproc,
-                       gradual_every=args.gradual_every, threads=args.threads)
+    if args.config:
+        data = read_json(args.config)
+        if not isinstance(data, dict) or "dataset" not in data:
+            raise UserError(f"'{args.config}' is not a training config (a config.json with a 'dataset' field)")
+        return TrainConfig.from_dict(data)
+    if not args.data:
+        raise UserError("give a dataset (a built-in name, a folder or a .zip), or --config FILE")
+    args.dataset = str(args.data)
+    return TrainConfig.from_namespace(args)
 
 
-class _PrintProgress:
-    """Epoch lines on stderr for people watching a terminal."""
+def _print_progress():
+    """A training callback printing stage and epoch lines on stderr, for people watching a terminal."""
+    from engine.training.callbacks import Callback
 
-    def on_stage(self, stage, message=""):
-        print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+    class PrintProgress(Callback):
+        def on_stage(self, stage, message=""):
+            print(f"[{stage}] {message}", file=sys.stderr, flush=True)
 
-    def on_train_start(self): ...
-    def on_progress(self, done, total, stage): ...
+        def on_epoch_end(self, r):
+            print(f"epoch {r['epoch']}: train_loss {r['train_loss']:.4f} train_acc {r['train_acc']:.3f} "
+                  f"val_loss {r['val_loss']:.4f} val_acc {r['val_acc']:.3f} ({r['seconds']:.1f}s)",
+                  file=sys.stderr, flush=True)
 
-    def on_epoch_end(self, r):
-        print(f"epoch {r['epoch']}: train_loss {r['train_loss']:.4f} train_acc {r['train_acc']:.3f} "
-              f"val_loss {r['val_loss']:.4f} val_acc {r['val_acc']:.3f} ({r['seconds']:.1f}s)",
-              file=sys.stderr, flush=True)
-
-    def should_stop(self):
-        return False
+    return PrintProgress()
 
 
 def cmd_train(args) -> int:
@@ -107,17 +110,17 @@ def cmd_train(args) -> int:
         # Re-launch this same command as N DistributedDataParallel processes.
         from engine.training.distributed import torchrun_command
 
-        # torchrun would read "--nproc" as its own (abbreviated) option: leave it out;
-        # the run records the world size it actually had.
-        argv, skip = [], False
-        for a in sys.argv[1:]:
-            if skip or a.startswith("--nproc="):
-                skip = False
-                continue
-            skip = a == "--nproc"
-            if not skip:
-                argv.append(a)
-        return subprocess.call(torchrun_command(config.nproc, argv))
+        import tempfile
+
+        from engine.workspace import write_json_atomic
+
+        # The children get the config itself, not a re-parsed command line.
+        with tempfile.TemporaryDirectory(prefix="ts-torchrun-") as tmp:
+            config_file = Path(tmp) / "config.json"
+            write_json_atomic(config_file, config.to_dict())
+            argv = ["train", "--config", str(config_file)]
+            argv += (["--out", args.out] if args.out else []) + (["--export"] if args.export else [])
+            return subprocess.call(torchrun_command(config.nproc, argv))
     from engine.training.distributed import init_distributed
 
     dist_ctx = init_distributed(config.device)
@@ -141,7 +144,7 @@ def cmd_train(args) -> int:
         import torch.distributed as dist
 
         dist.broadcast_object_list([str(run.path.resolve())], src=0)
-    report = train(config, run, callbacks=[_PrintProgress()])
+    report = train(config, run, callbacks=[_print_progress()])
     if args.export:
         from engine.export import export_run
 
@@ -161,7 +164,7 @@ def cmd_run_job(args) -> int:
     run = Run(args.run_dir)
     config = TrainConfig.from_dict(run.config())
     try:
-        train(config, run, callbacks=[_PrintProgress()], resume=args.resume, finish=False)
+        train(config, run, callbacks=[_print_progress()], resume=args.resume, finish=False)
     except CancelledByUser:
         return 0
     if int(os.environ.get("RANK", "0")) != 0:
@@ -193,7 +196,7 @@ def cmd_resume(args) -> int:
         submit(run, resume=True)
         print(f"queued {run.path} to resume")
         return 0
-    report = resume(run, callbacks=[_PrintProgress()])
+    report = resume(run, callbacks=[_print_progress()])
     print(json.dumps({"run_dir": str(run.path), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}))
     return 0
 
@@ -226,6 +229,27 @@ def cmd_bench_health(args) -> int:
     return 0
 
 
+def cmd_bench_recipe(args) -> int:
+    from engine.bench.recipe import METHODS, bench_recipe, format_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    results = []
+    for data in args.data:
+        results.append(bench_recipe(data, image_size=args.image_size, backbone=args.backbone, methods=methods,
+                                    epochs=args.epochs,
+                                    progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)))
+        if not args.json:
+            print(format_table(results[-1:]), flush=True)
+    if args.json:
+        _print_json(results)
+    elif len(results) > 1:
+        print("\n" + format_table(results))
+    return 0
+
+
 def cmd_bench_train(args) -> int:
     from engine.bench.train import bench_train, format_report
 
@@ -236,29 +260,12 @@ def cmd_bench_train(args) -> int:
 
 
 def _add_train_options(p) -> None:
-    """Options shared by ``train`` and ``lr-find`` (everything TrainConfig holds)."""
-    p.add_argument("data")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--mode", default="linear", choices=["linear", "partial", "gradual", "full", "scratch"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--augment", default="light")
-    p.add_argument("--unfreeze-stages", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--layer-decay", type=float, default=0.75, help="LR multiplier per backbone stage towards the input")
-    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation loss")
-    p.add_argument("--mix", default="none", help="none | mixup | cutmix | both")
-    p.add_argument("--mix-alpha", type=float, default=0.2)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--nproc", type=int, default=1, help="DistributedDataParallel processes (launched via torchrun)")
-    p.add_argument("--gradual-every", type=int, default=1, help="gradual mode: epochs per newly unfrozen stage")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    """Options shared by ``train`` and ``lr-find``: one per TrainConfig field, generated from it."""
+    from engine.training.config import TrainConfig
+
+    p.add_argument("data", nargs="?", help="built-in name, folder or .zip of class folders")
+    p.add_argument("--config", help="a config.json to run as it is (the other options are then ignored)")
+    TrainConfig.add_arguments(p, exclude=("dataset",))
 
 
 def cmd_export(args) -> int:
@@ -429,6 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load pretrained weights (throughput does not depend on them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
+
+    p = bench_sub.add_parser("recipe", help="product probe and fine-tune vs LogisticRegression and a plain "
+                             "torchvision fine-tune, on the same split, size and budget")
+    p.add_argument("data", nargs="+", help="datasets (built-in names, folders or zips)")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--methods", default="probe,logreg,finetune,reference",
+                   help="comma-separated subset of probe,logreg,finetune,reference")
+    p.add_argument("--epochs", type=int, help="fine-tune epochs for both (default: the product's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_recipe)
 
     p = bench_sub.add_parser("health", help="dataset health check images/s vs a naive decode-and-hash baseline")
     p.add_argument("--n", type=int, default=10_000, help="images to draw")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,7 +148,8 @@ def test_resume_refuses_a_finished_run(shapes_dir):
 def test_early_stopping_keeps_the_best_checkpoint(shapes_dir):
     # An LR far too high makes validation loss worse after the first epochs.
     run = new_run("early")
-    train(_cfg(shapes_dir, mode="linear", epochs=30, lr=9.0, patience=2, mix="none", warmup_epochs=0), run)
+    train(_cfg(shapes_dir, mode="partial", unfreeze_stages=1, epochs=30, lr=9.0, patience=2, mix="none",
+               warmup_epochs=0, augment="none"), run)
     metrics = run.metrics()
     assert len(metrics) < 30
     status = run.status()
@@ -158,10 +160,29 @@ def test_early_stopping_keeps_the_best_checkpoint(shapes_dir):
     assert len(metrics) - best["epoch"] == 2
 
 
-@pytest.mark.parametrize("mode", ["linear", "full"])
+@pytest.mark.parametrize("mode", ["full", "partial"])
 def test_lr_finder_returns_a_curve_and_a_suggestion(shapes_dir, mode):
     result = find_lr(_cfg(shapes_dir, mode=mode, mix="none", augment="light"), steps=30, start_lr=1e-6, end_lr=10)
     assert set(result) >= {"lrs", "losses", "suggested_lr", "steepest", "min_div10"}
     assert len(result["lrs"]) == len(result["losses"]) >= 5
     assert result["lrs"] == sorted(result["lrs"])
     assert result["lrs"][0] <= result["suggested_lr"] <= result["lrs"][-1]
+
+
+def test_lr_suggestion_rule_on_a_synthetic_curve():
+    from engine.training.lr_finder import suggest_lr
+
+    lrs = list(np.logspace(-6, 0, 61))
+    x = np.log10(lrs)
+    # Flat, then falling fastest at 1e-3, bottoming out at 1e-2, then diverging.
+    losses = list(2.0 - 1.0 / (1 + np.exp(-(x + 3) * 4)) + np.where(x > -2, (x + 2) ** 2 * 3, 0))
+    out = suggest_lr(lrs, losses)
+    assert 10 ** -3.2 <= out["steepest"] <= 10 ** -2.8
+    assert out["suggested_lr"] == out["steepest"]
+    with pytest.raises(UserError):
+        suggest_lr(lrs[:3], losses[:3])
+
+
+def test_linear_probe_has_no_lr_to_find(shapes_dir):
+    with pytest.raises(UserError, match="no learning rate"):
+        find_lr(_cfg(shapes_dir, mode="linear"), steps=10)

@@ -90,10 +90,14 @@ def _fashion_mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _write_balanced(dest: Path, split: str, images: np.ndarray, labels: np.ndarray,
-                    classes: list[str], per_class: int, seed: int) -> None:
+                    classes: list[str], per_class: int | list[int], seed: int,
+                    class_ids: list[int] | None = None) -> None:
+    """``per_class`` images of each class (a list: a count per class); ``class_ids``: the
+    source label of each of ``classes`` (default: their position)."""
     rng = np.random.default_rng(seed)
-    for index, name in enumerate(classes):
-        chosen = rng.choice(np.flatnonzero(labels == index), size=per_class, replace=False)
+    counts = per_class if isinstance(per_class, list) else [per_class] * len(classes)
+    for index, name, count in zip(class_ids or range(len(classes)), classes, counts):
+        chosen = rng.choice(np.flatnonzero(labels == index), size=count, replace=False)
         folder = dest / split / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in sorted(chosen):
@@ -109,6 +113,63 @@ def _build_fashion_mnist(dest: Path) -> None:
     arrays = _fashion_mnist_arrays()
     _write_balanced(dest, "train", *arrays["train"], FASHION_MNIST_CLASSES, per_class=100, seed=0)
     _write_balanced(dest, "val", *arrays["test"], FASHION_MNIST_CLASSES, per_class=50, seed=0)
+
+
+IMBALANCED_CLASSES = [0, 1, 2, 7, 8]  # T-shirt_top, Trouser, Pullover, Sneaker, Bag
+IMBALANCED_TRAIN = [400, 160, 80, 40, 20]  # 20x between the largest and the smallest class
+
+
+@register_builtin(
+    "fashion-mnist-imbalanced",
+    "Fashion-MNIST, 5 classes with 400/160/80/40/20 training images (20x imbalance) and validation in the "
+    "same proportions (200/80/40/20/10, from the official test split); 28x28 greyscale",
+)
+def _build_fashion_mnist_imbalanced(dest: Path) -> None:
+    arrays = _fashion_mnist_arrays()
+    classes = [FASHION_MNIST_CLASSES[i] for i in IMBALANCED_CLASSES]
+    _write_balanced(dest, "train", *arrays["train"], classes, IMBALANCED_TRAIN, seed=1, class_ids=IMBALANCED_CLASSES)
+    _write_balanced(dest, "val", *arrays["test"], classes, [n // 2 for n in IMBALANCED_TRAIN], seed=1,
+                    class_ids=IMBALANCED_CLASSES)
+
+
+@register_builtin(
+    "fashion-mnist-tiny",
+    "Fashion-MNIST with 10 training images per class (100 in all) and 50 validation images per class; "
+    "the few-shot case",
+)
+def _build_fashion_mnist_tiny(dest: Path) -> None:
+    arrays = _fashion_mnist_arrays()
+    _write_balanced(dest, "train", *arrays["train"], FASHION_MNIST_CLASSES, per_class=10, seed=2)
+    _write_balanced(dest, "val", *arrays["test"], FASHION_MNIST_CLASSES, per_class=50, seed=2)
+
+
+LARGE_TEXTURES = ("brick", "grass", "gravel", "moon", "camera")
+
+
+@register_builtin(
+    "textures-224",
+    "Large greyscale images: 224 px crops (random 120-200 px regions, rotated, brightness varied) of five "
+    "scikit-image photographs (brick, grass, gravel, moon surface, camera man); 40 training and 20 validation "
+    "crops per class, training crops from the top 60% of each photo and validation crops from the bottom 40%, "
+    "so no pixel is in both",
+)
+def _build_textures_224(dest: Path) -> None:
+    from skimage import data
+
+    rng = np.random.default_rng(3)
+    for name in LARGE_TEXTURES:
+        photo = getattr(data, name)()
+        cut = int(photo.shape[0] * 0.6)
+        for split, region, count in (("train", photo[:cut], 40), ("val", photo[cut:], 20)):
+            folder = dest / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                side = int(rng.integers(120, min(201, *region.shape)))
+                top = int(rng.integers(0, region.shape[0] - side + 1))
+                left = int(rng.integers(0, region.shape[1] - side + 1))
+                crop = np.rot90(region[top : top + side, left : left + side], k=int(rng.integers(4)))
+                crop = np.clip(crop.astype(np.float32) * rng.uniform(0.7, 1.3), 0, 255).astype(np.uint8)
+                Image.fromarray(crop).resize((224, 224), Image.Resampling.BILINEAR).save(folder / f"{name}_{i:02d}.png")
 
 
 @register_builtin("digits", "scikit-learn digits: 1,797 handwritten digits, 8x8 greyscale, 10 classes")

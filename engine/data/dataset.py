@@ -57,6 +57,11 @@ class Dataset:
         return self.manifest[self.manifest["status"] == "ok"]
 
     @property
+    def has_test(self) -> bool:
+        """Whether a held-out ``test`` split exists (reported on, never used for choices)."""
+        return bool((self.usable["split"] == "test").any())
+
+    @property
     def classes(self) -> list[str]:
         return sorted(self.usable["label"].unique().tolist())
 
@@ -317,21 +322,24 @@ def _scan(root: Path, table: Path | None = None,
 def assign_split(manifest: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
     """Give every usable row a split: the folder's own, or a stratified one.
 
-    ``test/`` stands in for ``val/`` when there is no ``val/``. Without any
-    split folders each class sends ``val_fraction`` of its images (at least
-    one, when it has two or more) to validation, chosen with a fixed seed.
+    A ``test/`` split is held out: it is never used to choose anything, only to
+    report. When the data has ``train/`` and ``test/`` but no ``val/``, validation
+    is drawn from ``train/``. Without split folders each class sends
+    ``val_fraction`` of its images (at least one, when it has two or more) to
+    validation, chosen with a fixed seed.
     """
     manifest = manifest.copy()
     splits = set(manifest["split"]) - {""}
-    if "train" in splits and ("val" in splits or "test" in splits):
-        if "val" not in splits:
-            manifest.loc[manifest["split"] == "test", "split"] = "val"
+    if "train" in splits and "val" in splits:
         return manifest
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"validation fraction must be between 0 and 1, got {val_fraction}")
     rng = np.random.default_rng(seed)
-    manifest["split"] = "train"
-    ok = manifest["status"] == "ok"
+    if "train" in splits and "test" in splits:
+        ok = (manifest["status"] == "ok") & (manifest["split"] == "train")
+    else:
+        manifest["split"] = "train"
+        ok = manifest["status"] == "ok"
     for _label, index in manifest[ok].groupby("label").groups.items():
         index = np.array(sorted(index))
         if len(index) < 2:

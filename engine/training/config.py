@@ -1,54 +1,68 @@
 """What a training run is asked to do; saved as config.json and in every checkpoint."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import argparse
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from engine.errors import UserError
 
-__all__ = ["TrainConfig", "MODES", "MIX_MODES"]
+__all__ = ["TrainConfig", "MODES", "MIX_MODES", "BALANCE_MODES", "DEFAULT_EPOCHS", "DEFAULT_LR"]
 
 MODES = ("linear", "partial", "gradual", "full", "scratch")
-DEFAULT_EPOCHS = {"linear": 30, "partial": 5, "gradual": 6, "full": 5, "scratch": 5}
+DEFAULT_EPOCHS = {"linear": 1, "partial": 5, "gradual": 6, "full": 5, "scratch": 5}
 DEFAULT_LR = {"linear": 3e-3, "partial": 1e-3, "gradual": 1e-3, "full": 1e-3, "scratch": 3e-3}
 MIX_MODES = ("none", "mixup", "cutmix", "both")
+BALANCE_MODES = ("none", "weights", "sampler")
+
+
+def _opt(default, help: str, choices=None):
+    """A field with its CLI help (and choices) beside it: the one definition of the setting."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
-    dataset: str
-    backbone: str = "mobilenet_v2"
-    # linear probe | partial (last K stages) | gradual (head first, then one more stage
-    # per epoch) | full fine-tune | scratch (random init)
-    mode: str = "linear"
-    epochs: int | None = None  # None: the mode's default
-    lr: float | None = None  # None: the mode's default (head LR; the backbone gets lr * backbone_lr_mult)
-    backbone_lr_mult: float = 0.1  # discriminative LR: pretrained layers move slower than the new head
-    unfreeze_stages: int = 3  # partial mode: how many of the last backbone stages train
-    batch_size: int = 32
-    image_size: int | None = None  # None: the backbone's native input size
-    augment: str = "light"
-    label_smoothing: float = 0.1
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | off
-    channels_last: bool | None = None  # None: on for GPU, off for CPU
-    threads: int | None = None  # CPU threads; None: all cores
-    # Layer-wise LR decay: stage i of n (from the top) trains at backbone LR * decay**i, so
-    # early, generic layers move least. 1.0: one backbone LR for every stage.
-    layer_decay: float = 0.75
-    patience: int | None = None  # early stopping: epochs without a better val loss; None: never stop
-    mix: str = "none"  # mixup / cutmix on batches (full-image modes only)
-    mix_alpha: float = 0.2
-    compile: bool = False  # torch.compile the model (GPU; first steps are slow while it compiles)
-    nproc: int = 1  # processes (GPUs) for DistributedDataParallel; >1 is launched through torchrun
-    gradual_every: int = 1  # gradual mode: epochs between unfreezing one more stage
-    # Fine-tuning modes first fit the new head on frozen features for this many (cheap)
-    # epochs: a random head's large gradients would otherwise wreck the pretrained
-    # features in the first steps (LP-FT, Kumar et al. 2022). 0: off.
-    head_warmup_epochs: int = 10
+    dataset: str = field(metadata={"help": "built-in name, folder or .zip of class folders"})
+    backbone: str = _opt("mobilenet_v2", "pretrained backbone (python -m engine backbones lists them)")
+    mode: str = _opt("linear", "linear probe | partial (last K stages) | gradual (head first, then one more stage "
+                     "per epoch) | full fine-tune | scratch (random init)", MODES)
+    epochs: int | None = _opt(None, "training epochs (default: the mode's; the linear probe is one converged fit)")
+    lr: float | None = _opt(None, "head learning rate; the backbone gets lr * backbone_lr_mult "
+                            "(default: the mode's)")
+    backbone_lr_mult: float = _opt(0.1, "pretrained layers' LR as a fraction of the head's")
+    unfreeze_stages: int = _opt(3, "partial mode: how many of the last backbone stages train")
+    batch_size: int = _opt(32, "images per step")
+    image_size: int | None = _opt(None, "training resolution in px (default: the backbone's native size)")
+    augment: str = _opt("light", "augmentation preset: none | light | strong")
+    label_smoothing: float = _opt(0.1, "label smoothing of the fine-tune's cross-entropy")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases and norms)")
+    warmup_epochs: float = _opt(1.0, "linear LR warm-up before the cosine decay, in epochs")
+    val_fraction: float = _opt(0.2, "share of each class held out for validation when the data has no val/")
+    seed: int = _opt(0, "random seed (split, initialisation, batches, augmentation)")
+    device: str = _opt("auto", "auto | cpu | cuda")
+    amp: str = _opt("auto", "mixed precision: auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | off",
+                    ("auto", "bf16", "fp16", "off"))
+    channels_last: bool | None = _opt(None, "channels_last memory format (default: on for GPU, off for CPU)")
+    threads: int | None = _opt(None, "CPU threads (default: all cores)")
+    # Stage i of n (from the top) trains at backbone LR * decay**i, so early, generic layers move least.
+    layer_decay: float = _opt(0.75, "layer-wise LR decay per backbone stage towards the input (1: off)")
+    patience: int | None = _opt(None, "early stopping: epochs without a better validation loss (default: never)")
+    mix: str = _opt("none", "MixUp / CutMix on batches (fine-tune modes)", MIX_MODES)
+    mix_alpha: float = _opt(0.2, "MixUp's Beta(alpha, alpha)")
+    compile: bool = _opt(False, "torch.compile the model (GPU; the first steps are slow while it compiles)")
+    nproc: int = _opt(1, "processes (GPUs) for DistributedDataParallel; >1 is launched through torchrun")
+    gradual_every: int = _opt(1, "gradual mode: epochs between unfreezing one more stage")
+    # A random head's large gradients would otherwise wreck the pretrained features in the
+    # first steps (LP-FT, Kumar et al. 2022).
+    head_warmup: bool = _opt(True, "fine-tune modes start from the converged linear probe as the head")
+    # Batch statistics of a small, domain-shifted dataset differ from ImageNet's: switching
+    # batch norm to them moves every feature the warm-started head was fitted on.
+    freeze_norm: bool = _opt(True, "fine-tunes keep the pretrained batch-norm statistics (their weights "
+                             "still train); scratch mode never does")
+    # The last two trade accuracy for minority-class recall; eval.json shows both metrics either way.
+    balance: str = _opt("none", "class imbalance: none (plain loss) | weights (inverse-frequency loss weights) "
+                        "| sampler (draw images inversely to their class frequency)", BALANCE_MODES)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -77,8 +91,8 @@ class TrainConfig:
             raise UserError(f"patience must be at least 1 epoch, got {self.patience}")
         if not 1 <= int(self.nproc) <= 64:
             raise UserError(f"nproc must be between 1 and 64, got {self.nproc}")
-        if not 0 <= int(self.head_warmup_epochs) <= 1000:
-            raise UserError(f"head warm-up epochs must be between 0 and 1000, got {self.head_warmup_epochs}")
+        if self.balance not in BALANCE_MODES:
+            raise UserError(f"unknown balance setting '{self.balance}'; choose one of: {', '.join(BALANCE_MODES)}")
         if self.gradual_every < 1:
             raise UserError("gradual_every must be at least 1 epoch")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -86,6 +100,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+        """One CLI option per field (``dataset`` positional), help and choices from the field."""
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.name in exclude:
+                continue
+            kind = hints[f.name]
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            kwargs = {"help": f.metadata.get("help")}
+            if f.default is MISSING:
+                parser.add_argument(f.name, **kwargs)
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            kwargs["default"] = f.default
+            if base is bool:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                parser.add_argument(flag, type=base, choices=f.metadata.get("choices"), **kwargs)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "TrainConfig":
+        return cls.from_dict({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

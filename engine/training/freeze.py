@@ -61,16 +61,26 @@ def apply_freeze_policy(model: TransferModel, mode: str, unfreeze_stages: int = 
     _set_trainable(model.head, True)
 
 
-def set_train_mode(model: TransferModel) -> None:
-    """model.train(), but frozen stages stay in eval mode.
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def set_train_mode(model: TransferModel, freeze_norm: bool = False) -> None:
+    """model.train(), but frozen stages stay in eval mode (and every batch-norm layer with ``freeze_norm``).
 
     A frozen batch-norm layer must keep its ImageNet running statistics; in
-    train mode it would overwrite them with small-batch estimates.
+    train mode it would overwrite them with small-batch estimates. With
+    ``freeze_norm`` the trainable stages' batch norms keep their statistics too
+    (their affine weights still train): the features the head warm-up was fitted
+    on do not shift under it when fine-tuning starts.
     """
     model.train()
     for stage in getattr(model, "frozen_stages", []):
         if isinstance(stage, nn.Module):
             stage.eval()
+    if freeze_norm:
+        for module in model.backbone.modules():
+            if isinstance(module, _BATCH_NORMS):
+                module.eval()
 
 
 def _lr_layers(model: TransferModel, lr: float, backbone_lr: float, layer_decay: float):

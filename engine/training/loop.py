@@ -17,7 +17,7 @@ from engine.training.augment import augment_batch, normalize
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.freeze import set_train_mode
 
-__all__ = ["DeviceSetup", "resolve_device", "unwrap", "train_one_epoch", "evaluate", "extract_features", "train_head_epoch"]
+__all__ = ["DeviceSetup", "resolve_device", "unwrap", "train_one_epoch", "evaluate"]
 
 
 @dataclass
@@ -68,8 +68,12 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool, drop_last: bool):
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+def _batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool, drop_last: bool,
+             sample_weights: torch.Tensor | None = None):
+    if sample_weights is not None:  # class-balanced draws, with replacement
+        order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
@@ -95,16 +99,21 @@ def train_one_epoch(
     mix=None,
     dist_ctx=None,
     max_steps: int | None = None,
+    sample_weights: torch.Tensor | None = None,
+    freeze_norm: bool = False,
 ) -> dict:
     """One epoch over ``images``. ``model`` may be a DDP/compiled wrapper around a
     TransferModel; ``dist_ctx`` shards every global batch of ``batch_size`` across ranks;
-    ``mix(x, y) -> (x, soft_y)`` is MixUp/CutMix."""
-    set_train_mode(unwrap(model))
+    ``mix(x, y) -> (x, soft_y)`` is MixUp/CutMix; ``sample_weights`` (per image) draws
+    batches with replacement in proportion to them (the class-balanced sampler);
+    ``freeze_norm`` keeps batch-norm statistics fixed (see ``set_train_mode``)."""
+    set_train_mode(unwrap(model), freeze_norm=freeze_norm)
     total_loss, correct, seen = 0.0, 0, 0
     steps = max(1, len(labels) // batch_size) if len(labels) >= batch_size else 1
     if max_steps is not None:
         steps = min(steps, max_steps)
-    for step, idx in enumerate(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=True)):
+    for step, idx in enumerate(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=True,
+                                                  sample_weights=sample_weights)):
         if step >= steps:
             break
         if dist_ctx is not None:
@@ -134,6 +143,7 @@ def train_one_epoch(
         seen += len(y)
         stop = False
         if callback is not None:
+            callback.on_batch_end(loss.item())
             callback.on_progress(step + 1, steps, "train")
             stop = callback.should_stop()
         if dist_ctx is not None:
@@ -159,47 +169,3 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, se
     preds = logits.argmax(1)
     return {"val_loss": loss, "val_acc": (preds == labels).float().mean().item(), "logits": logits.cpu(),
             "preds": preds.cpu()}
-
-
-@torch.no_grad()
-def extract_features(model, images: torch.Tensor, *, setup: DeviceSetup, batch_size: int, mean, std,
-                     callback: Callback | None = None, stage: str = "features") -> torch.Tensor:
-    """Pooled backbone features for every image (the linear probe trains on these)."""
-    model.eval()
-    feats = []
-    total = len(images)
-    for start in range(0, total, batch_size * 2):
-        x = setup.prepare(normalize(images[start : start + batch_size * 2], mean, std))
-        with setup.autocast():
-            feats.append(model.forward_features(x).float())
-        if callback is not None:
-            callback.on_progress(min(start + batch_size * 2, total), total, stage)
-            if callback.should_stop():
-                raise CancelledByUser()
-    return torch.cat(feats)
-
-
-def train_head_epoch(model, features, labels, *, optimizer, scheduler, loss_fn, batch_size, generator,
-                     callback: Callback | None = None) -> dict:
-    """One epoch of the linear head on cached features: milliseconds, not minutes."""
-    model.head.train()
-    model.dropout.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    batches = list(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=False))
-    for step, idx in enumerate(batches):
-        idx = idx.to(features.device)
-        logits = model.head(model.dropout(features[idx]))
-        loss = loss_fn(logits, labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == labels[idx]).sum().item()
-        seen += len(idx)
-        if callback is not None:
-            callback.on_progress(step + 1, len(batches), "train")
-    if callback is not None and callback.should_stop():
-        raise CancelledByUser()
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}

@@ -1,11 +1,14 @@
-"""A learning-rate range test (Leslie Smith; fastai's ``lr_find``), run before training.
+"""A learning-rate range test (Leslie Smith; fastai's ``lr_find``) as a callback on the real training step.
 
-The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` batches
-of the real training setup (same model, freeze policy, augmentation and param
-groups, whose relative LRs are kept). The loss is smoothed with an exponential
-moving average; the sweep stops once it exceeds 4x its minimum. Suggestion: the
-LR at the steepest descent of the smoothed loss (min-loss LR / 10 when the steepest
-point lies past the minimum); both of fastai's classic rules are returned.
+:func:`find_lr` prepares the run exactly as :func:`engine.training.runner.train`
+would (data, model, freeze policy, head warm-up, param groups with their relative
+LRs, grad scaler, augmentation) and drives the same ``train_one_epoch`` with an
+exponential LR schedule; :class:`LRFinder` records the loss of every step,
+smooths it with a bias-corrected moving average and stops the sweep once it
+exceeds ``diverge`` times its minimum. Suggestion (:func:`suggest_lr`): the LR at
+the steepest descent of the smoothed loss, or min-loss LR / 10 when the steepest
+point lies past the minimum. The linear probe has no learning rate (it is fitted
+to convergence), so the sweep is for the fine-tune modes.
 """
 from __future__ import annotations
 
@@ -18,15 +21,15 @@ import numpy as np
 import torch
 
 from engine import workspace
-from engine.background import start_task
 from engine.errors import UserError
-from engine.training.augment import augment_batch, normalize
+from engine.runs.tasks import start_task
+from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
-from engine.training.freeze import param_groups, set_train_mode
-from engine.training.loop import extract_features
-from engine.training.runner import prepare
+from engine.training.freeze import param_groups
+from engine.training.loop import train_one_epoch
+from engine.training.runner import fit_head, prepare
 
-__all__ = ["find_lr", "suggest_lr", "lr_find_folder", "start_lr_find"]
+__all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "start_lr_find"]
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> dict:
@@ -44,84 +47,79 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> dict:
     return {"steepest": steepest, "min_div10": min_div10, "suggested_lr": suggested}
 
 
+class LRFinder(Callback):
+    """Records (lr, smoothed loss) per training step; asks the loop to stop on divergence."""
+
+    def __init__(self, optimizer, steps: int, smoothing: float = 0.98, diverge: float = 4.0):
+        self.optimizer, self.steps, self.smoothing, self.diverge = optimizer, steps, smoothing, diverge
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self._avg, self._best, self._stop = 0.0, math.inf, False
+
+    def on_batch_end(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            self._stop = True
+            return
+        self._avg = self.smoothing * self._avg + (1 - self.smoothing) * loss
+        smoothed = self._avg / (1 - self.smoothing ** (len(self.lrs) + 1))  # bias correction, as in fastai
+        self.lrs.append(self.optimizer.param_groups[0]["lr"])
+        self.losses.append(smoothed)
+        self._best = min(self._best, smoothed)
+        if len(self.lrs) >= self.steps or (len(self.lrs) > 5 and smoothed > self.diverge * self._best):
+            self._stop = True
+
+    def should_stop(self) -> bool:
+        return self._stop
+
+
 def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 1.0,
             smoothing: float = 0.98, diverge: float = 4.0) -> dict:
     """Sweep the LR on ``config``'s setup; returns ``{"lrs", "losses", "suggested_lr", ...}``."""
     if not 0 < start_lr < end_lr:
         raise UserError("the LR sweep needs 0 < start LR < end LR")
+    if config.mode == "linear":
+        raise UserError("the linear probe is fitted to convergence and has no learning rate to find; "
+                        "the LR finder is for the fine-tune modes")
     p = prepare(config)
+    if config.mode in ("partial", "gradual", "full") and config.head_warmup:
+        fit_head(p, Callback())  # the sweep starts where training starts
     model, setup, spec = p.model, p.setup, p.spec
-    groups = param_groups(model, 1.0, config.backbone_lr_mult, config.weight_decay, config.mode,
-                          layer_decay=config.layer_decay)
-    ratios = [g["lr"] for g in groups]  # relative LR of each group (head = 1)
-    optimizer = torch.optim.AdamW(groups, lr=start_lr)
+    # The head's LR is the one swept; every group keeps its ratio to it (layer-wise decay).
+    optimizer = torch.optim.AdamW(param_groups(model, start_lr, config.backbone_lr_mult, config.weight_decay,
+                                               config.mode, layer_decay=config.layer_decay), lr=start_lr)
+    gamma = (end_lr / start_lr) ** (1 / max(1, steps - 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
+    scaler = torch.amp.GradScaler("cuda") if setup.needs_scaler() else None
+    finder = LRFinder(optimizer, steps, smoothing, diverge)
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 1)
-    linear = config.mode == "linear"
-    if linear:
-        data = extract_features(model, p.images_train, setup=setup, batch_size=config.batch_size,
-                                mean=spec.mean, std=spec.std)
-    else:
-        data = p.images_train
-    n = len(p.y_train)
-    batch = min(config.batch_size, n)
-    gamma = (end_lr / start_lr) ** (1 / max(1, steps - 1))
-    lrs, losses = [], []
-    avg, best = 0.0, math.inf
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
-    for step in range(steps):
-        lr = start_lr * gamma**step
-        for g, r in zip(optimizer.param_groups, ratios):
-            g["lr"] = lr * r
-        if cursor + batch > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        idx = order[cursor : cursor + batch].to(data.device)
-        cursor += batch
-        y = p.y_train[idx]
-        if linear:
-            model.head.train()
-            logits = model.head(model.dropout(data[idx]))
-        else:
-            set_train_mode(model)
-            x = setup.prepare(normalize(augment_batch(data[idx], config.augment, aug_generator), spec.mean, spec.std))
-            with setup.autocast():
-                logits = model(x)
-        loss = p.loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            break
-        avg = smoothing * avg + (1 - smoothing) * value
-        smoothed = avg / (1 - smoothing ** (step + 1))  # bias correction, as in fastai
-        lrs.append(lr)
-        losses.append(smoothed)
-        best = min(best, smoothed)
-        if step > 5 and smoothed > diverge * best:
-            break
-    result = {"lrs": lrs, "losses": losses, **suggest_lr(lrs, losses)}
-    result.update({"mode": config.mode, "backbone": config.backbone, "steps": len(lrs)})
+    try:
+        while True:  # as many epochs as the sweep needs
+            train_one_epoch(model, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
+                            loss_fn=p.loss_fn, setup=setup, batch_size=min(config.batch_size, len(p.y_train)),
+                            augment=config.augment, mean=spec.mean, std=spec.std, generator=generator,
+                            aug_generator=aug_generator, scaler=scaler, callback=finder,
+                            sample_weights=p.sample_weights,
+                            freeze_norm=config.freeze_norm and config.mode != "scratch")
+    except CancelledByUser:
+        pass
+    result = {"lrs": finder.lrs, "losses": finder.losses, **suggest_lr(finder.lrs, finder.losses)}
+    result.update({"mode": config.mode, "backbone": config.backbone, "steps": len(finder.lrs)})
     return result
 
 
 def lr_find_folder(config: TrainConfig) -> Path:
     """Where the sweep for this setup lives; the same setup reuses its curve."""
-    keys = ("dataset", "backbone", "mode", "image_size", "batch_size", "augment", "val_fraction", "seed",
-            "unfreeze_stages", "layer_decay")
-    material = json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True, default=str)
+    ignored = ("lr", "epochs", "patience", "threads", "compile", "nproc")  # do not change the sweep
+    material = json.dumps({k: v for k, v in config.to_dict().items() if k not in ignored}, sort_keys=True, default=str)
     return workspace.home() / "lr-find" / hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def start_lr_find(config: TrainConfig, steps: int = 100) -> tuple[Path, dict]:
     """Run the sweep in its own process (pages must not train); poll with ``task_state``."""
     folder = lr_find_folder(config)
-    argv = ["lr-find", str(config.dataset), "--backbone", config.backbone, "--mode", config.mode,
-            "--batch-size", str(config.batch_size), "--augment", config.augment, "--seed", str(config.seed),
-            "--val-fraction", str(config.val_fraction), "--unfreeze-stages", str(config.unfreeze_stages),
-            "--layer-decay", str(config.layer_decay),
-            "--steps", str(steps), "--out", str(folder / "result.json")]
-    if config.image_size:
-        argv += ["--image-size", str(config.image_size)]
+    folder.mkdir(parents=True, exist_ok=True)
+    workspace.write_json_atomic(folder / "config.json", config.to_dict())
+    argv = ["lr-find", "--config", str(folder / "config.json"), "--steps", str(steps),
+            "--out", str(folder / "result.json")]
     return folder, start_task(folder, argv)

@@ -14,20 +14,23 @@ import torch
 from torch import nn
 
 from engine.data.dataset import load_dataset
+from engine.data.health import inverse_frequency_weights
 from engine.data.tensors import decode_split
+from engine.features import feature_extractor, split_features
 from engine.errors import UserError
 from engine.models import create_model, get_spec
 from engine.runs import Run
 from engine.training.callbacks import Callback, CancelledByUser, RunDirCallback
-from engine.training.config import DEFAULT_LR, TrainConfig
+from engine.training.config import TrainConfig
 from engine.training.augment import mix_batch
 from engine.training.distributed import DistContext, init_distributed
 from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
-from engine.training.loop import (evaluate, extract_features, resolve_device, train_head_epoch, train_one_epoch,
-                                  unwrap)
+from engine.training.loop import evaluate, resolve_device, train_one_epoch
 from engine.training.metrics import classification_report
+from engine.training.probe import fit_probe
 
-__all__ = ["train", "resume", "load_checkpoint_model", "prepare", "Prepared", "CHECKPOINT_FORMAT"]
+__all__ = ["train", "resume", "load_checkpoint_model", "prepare", "Prepared", "fit_head", "probe_features",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -47,15 +50,6 @@ def _warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-    """Inverse-frequency weights when the largest class is over 1.5x the smallest."""
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    if counts.min() == 0 or counts.max() / counts.min() <= 1.5:
-        return None
-    weights = counts.sum() / (num_classes * counts)
-    return weights
 
 
 def _save_checkpoint(path, model, config: TrainConfig, classes, epoch, extra=None):
@@ -93,6 +87,10 @@ class _Fanout(Callback):
     def on_progress(self, *a, **k):
         for c in self.callbacks:
             c.on_progress(*a, **k)
+
+    def on_batch_end(self, loss):
+        for c in self.callbacks:
+            c.on_batch_end(loss)
 
     def on_epoch_end(self, record):
         for c in self.callbacks:
@@ -182,12 +180,18 @@ class Prepared:
     size: int
     classes: list
     model: nn.Module
-    images_train: torch.Tensor
-    images_val: torch.Tensor
+    dataset: object
+    # Decoded uint8 images on the device; None for the linear probe, which reads cached features.
+    images_train: torch.Tensor | None
+    images_val: torch.Tensor | None
+    images_test: torch.Tensor | None  # the held-out test split, when the data has one
     y_train: torch.Tensor
     y_val: torch.Tensor
+    y_test: torch.Tensor | None
     val_paths: list
+    test_paths: list
     loss_fn: nn.Module
+    sample_weights: torch.Tensor | None  # balance="sampler": per-image draw weights
     cfg_record: dict
 
 
@@ -204,38 +208,65 @@ def prepare(config: TrainConfig, cb: Callback | None = None, dist_ctx: DistConte
     spec = get_spec(config.backbone)
     size = config.image_size or spec.input_size
 
-    cb.on_stage("data", "reading and decoding images")
+    cb.on_stage("data", "reading the dataset")
     dataset = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
     classes = dataset.classes
-    if not dist_ctx.is_main:
-        dist_ctx.barrier()  # rank 0 decodes and writes the cache first; the others read it
-    train_t = decode_split(dataset, "train", size, classes, progress=lambda d, t: cb.on_progress(d, t, "decode train"))
-    val_t = decode_split(dataset, "val", size, classes, progress=lambda d, t: cb.on_progress(d, t, "decode val"))
-    if dist_ctx.is_main:
-        dist_ctx.barrier()
-    if len(train_t) == 0 or len(val_t) == 0:
+    splits = ["train", "val"] + (["test"] if dataset.has_test else [])
+    cb.on_stage("model", f"loading {config.backbone}")
+    model = create_model(config.backbone, len(classes), pretrained=config.mode != "scratch", image_size=size)
+    images: dict[str, torch.Tensor | None] = dict.fromkeys(splits)
+    labels: dict[str, torch.Tensor] = {}
+    paths: dict[str, list] = {}
+    if config.mode == "linear":
+        cb.on_stage("features", "computing backbone features once (cached for later runs)")
+        for split in splits:
+            feats = probe_features(dataset, split, config.backbone, size, classes, setup, model, cb)
+            labels[split], paths[split] = torch.from_numpy(feats.labels), feats.paths
+    else:
+        cb.on_stage("data", "decoding images (cached for later runs)")
+        if not dist_ctx.is_main:
+            dist_ctx.barrier()  # rank 0 decodes and writes the cache first; the others read it
+        for split in splits:
+            t = decode_split(dataset, split, size, classes,
+                             progress=lambda d, n, split=split: cb.on_progress(d, n, f"decode {split}"))
+            images[split], labels[split], paths[split] = t.images.to(setup.device), t.labels, t.paths
+        if dist_ctx.is_main:
+            dist_ctx.barrier()
+    if len(labels["train"]) == 0 or len(labels["val"]) == 0:
         raise UserError("no usable images in the training or validation split; check the dataset on the Dataset page")
     cfg_record = config.to_dict() | {
         "resolved": {"image_size": size, "device": str(setup.device),
                      "amp": str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else "off",
                      "channels_last": setup.channels_last, "classes": classes,
-                     "num_train": len(train_t), "num_val": len(val_t), "world_size": dist_ctx.world,
+                     "num_train": len(labels["train"]), "num_val": len(labels["val"]),
+                     "num_test": len(labels["test"]) if "test" in labels else 0, "world_size": dist_ctx.world,
                      "threads": torch.get_num_threads(),
                      "dataset_name": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
                      "mean": list(spec.mean), "std": list(spec.std), "versions": _versions()}
     }
-    cb.on_stage("model", f"loading {config.backbone}")
-    model = create_model(config.backbone, len(classes), pretrained=config.mode != "scratch", image_size=size)
     apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=0, every=config.gradual_every)
     model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
-    weights = _class_weights(train_t.labels, len(classes))
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(setup.device),
+    # Unweighted by default: weights trade accuracy for minority recall, the user's call (--balance).
+    inverse = torch.tensor(inverse_frequency_weights(torch.bincount(labels["train"], minlength=len(classes))
+                                                     .numpy()), dtype=torch.float32)
+    loss_fn = nn.CrossEntropyLoss(weight=inverse.to(setup.device) if config.balance == "weights" else None,
                                   label_smoothing=config.label_smoothing)
-    return Prepared(config, setup, spec, size, classes, model, train_t.images.to(setup.device),
-                    val_t.images.to(setup.device), train_t.labels.to(setup.device), val_t.labels.to(setup.device),
-                    val_t.paths, loss_fn, cfg_record)
+    sample_weights = inverse[labels["train"]] if config.balance == "sampler" else None
+    test = "test" in labels
+    return Prepared(config, setup, spec, size, classes, model, dataset, images["train"], images["val"],
+                    images.get("test"), labels["train"].to(setup.device), labels["val"].to(setup.device),
+                    labels["test"].to(setup.device) if test else None, paths["val"], paths.get("test", []),
+                    loss_fn, sample_weights, cfg_record)
+
+
+def probe_features(dataset, split: str, backbone: str, size: int, classes: list, setup, model: nn.Module,
+                   cb: Callback):
+    """The frozen, pretrained ``model``'s features of ``split`` (cached on disk), with progress."""
+    return split_features(dataset, split, backbone, size, classes,
+                          extractor=lambda: feature_extractor(backbone, size, setup=setup, model=model),
+                          progress=lambda d, t, stage: cb.on_progress(d, t, stage))
 
 
 def _wrap(model: nn.Module, config: TrainConfig, setup, dist_ctx: DistContext) -> nn.Module:
@@ -276,20 +307,78 @@ def _truncate_metrics(run: Run, last_epoch: int) -> None:
     tmp.replace(run.metrics_file)
 
 
-def _warm_start_head(p: Prepared, cb: Callback) -> None:
-    """LP-FT: fit the new head on frozen, un-augmented features before fine-tuning."""
-    config, model = p.config, p.model
-    cb.on_stage("head warm-up", f"fitting the new head on frozen features for {config.head_warmup_epochs} epochs")
-    feats = extract_features(model, p.images_train, setup=p.setup, batch_size=config.batch_size, mean=p.spec.mean,
-                             std=p.spec.std, callback=cb, stage="head warm-up")
-    optimizer = torch.optim.AdamW([{"params": [model.head.weight], "weight_decay": config.weight_decay},
-                                   {"params": [model.head.bias], "weight_decay": 0.0}], lr=DEFAULT_LR["linear"])
-    steps = math.ceil(len(p.y_train) / config.batch_size)
-    scheduler = _warmup_cosine(optimizer, steps * config.head_warmup_epochs, steps)
-    generator = torch.Generator().manual_seed(config.seed + 2)
-    for _ in range(config.head_warmup_epochs):
-        train_head_epoch(model, feats, p.y_train, optimizer=optimizer, scheduler=scheduler, loss_fn=p.loss_fn,
-                         batch_size=config.batch_size, generator=generator, callback=cb)
+def fit_head(p: Prepared, cb: Callback) -> dict:
+    """Fit the head as the converged linear probe on frozen, un-augmented features.
+
+    The linear mode's whole training, and the fine-tune modes' head warm-up (LP-FT,
+    Kumar et al. 2022): a random head's large gradients would otherwise wreck the
+    pretrained features in the first steps.
+    """
+    config = p.config
+    cb.on_stage("probe", "fitting the linear head on frozen features (regularisation by cross-validation)")
+    feats = probe_features(p.dataset, "train", config.backbone, p.size, p.classes, p.setup, p.model, cb)
+    fit = fit_probe(feats.features, feats.labels, len(p.classes), balance=config.balance, seed=config.seed)
+    fit.load_into(p.model.head)
+    logits = torch.from_numpy(fit.logits(feats.features))
+    y = torch.from_numpy(feats.labels)
+    return {"train_loss": nn.functional.cross_entropy(logits, y).item(),
+            "train_acc": (logits.argmax(1) == y).float().mean().item(), "probe": fit.summary()}
+
+
+def _probe_eval(p: Prepared, split: str, cb: Callback) -> dict:
+    """``evaluate``'s result for the probe, from cached features (no image is decoded)."""
+    feats = probe_features(p.dataset, split, p.config.backbone, p.size, p.classes, p.setup, p.model, cb)
+    with torch.no_grad():
+        logits = p.model.head(torch.from_numpy(feats.features).to(p.model.head.weight)).float().cpu()
+    y = torch.from_numpy(feats.labels)
+    preds = logits.argmax(1)
+    return {"val_loss": nn.functional.cross_entropy(logits, y).item(), "val_acc": (preds == y).float().mean().item(),
+            "logits": logits, "preds": preds}
+
+
+def _train_probe(p: Prepared, run: Run, cb: Callback, dist_ctx: DistContext) -> dict:
+    """Linear mode: one converged fit of the head, recorded as the run's single epoch."""
+    t0 = time.time()
+    cb.on_train_start()
+    stats = fit_head(p, cb)
+    val = _probe_eval(p, "val", cb)
+    seconds = time.time() - t0
+    record = {"epoch": 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+              "val_loss": val["val_loss"], "val_acc": val["val_acc"], "lr": None, "seconds": round(seconds, 3),
+              "images_per_s": round(len(p.y_train) / seconds, 1) if seconds > 0 else None, "best": True,
+              "probe": stats["probe"]}
+    if dist_ctx.is_main:
+        _save_checkpoint(run.best_checkpoint, p.model, p.config, p.classes, 1)
+        _save_checkpoint(run.last_checkpoint, p.model, p.config, p.classes, 1)
+    cb.on_epoch_end(record)
+    return _final_report(p, run, cb, dist_ctx, best_epoch=1, evaluate_split=lambda split: _probe_eval(p, split, cb))
+
+
+def _final_report(p: Prepared, run: Run, cb: Callback, dist_ctx: DistContext, best_epoch: int,
+                  evaluate_split) -> dict:
+    """eval.json: the best model on the test split when there is one (never used to choose
+    anything), else on validation; validation figures alongside."""
+    cb.on_stage("evaluate", "evaluating the best checkpoint")
+    train_counts = torch.bincount(p.y_train.cpu(), minlength=len(p.classes)).numpy()
+    reports = {}
+    for split, y, paths in (("val", p.y_val, p.val_paths), ("test", p.y_test, p.test_paths)):
+        if y is None:
+            continue
+        result = evaluate_split(split)
+        report = classification_report(y.cpu().numpy(), result["preds"].numpy(), result["logits"].numpy(),
+                                       p.classes, train_counts=train_counts)
+        report.update({"split": split, "val_loss": result["val_loss"], "paths": paths})
+        reports[split] = report
+    report = reports.get("test", reports["val"])
+    report["best_epoch"] = best_epoch
+    if "test" in reports:
+        val = reports["val"]
+        report["validation"] = {k: val[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "num_images")}
+    if dist_ctx.is_main:
+        from engine.workspace import write_json_atomic
+
+        write_json_atomic(run.eval_file, report)
+    return report
 
 
 def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, resume: bool = False) -> dict:
@@ -297,6 +386,8 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
     setup, spec, model, classes = p.setup, p.spec, p.model, p.classes
     if dist_ctx.is_main and not resume:
         run.write_config(p.cfg_record)
+    if config.mode == "linear":
+        return _train_probe(p, run, cb, dist_ctx)
 
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 1 + dist_ctx.rank)
@@ -304,21 +395,12 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                           layer_decay=config.layer_decay)
     fused = setup.device.type == "cuda"
     optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused)
-    linear = config.mode == "linear"
-    if linear:
-        cb.on_stage("features", "computing backbone features once (the backbone is frozen)")
-        feats_train = extract_features(model, p.images_train, setup=setup, batch_size=config.batch_size,
-                                       mean=spec.mean, std=spec.std, callback=cb, stage="features train")
-        feats_val = extract_features(model, p.images_val, setup=setup, batch_size=config.batch_size,
-                                     mean=spec.mean, std=spec.std, callback=cb, stage="features val")
-        steps_per_epoch = math.ceil(len(p.y_train) / config.batch_size)
-    else:
-        steps_per_epoch = max(1, len(p.y_train) // config.batch_size)
+    steps_per_epoch = max(1, len(p.y_train) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = _warmup_cosine(optimizer, total_steps, int(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if setup.needs_scaler() else None
     mix = None
-    if config.mix != "none" and not linear:
+    if config.mix != "none":
         def mix(x, y):
             return mix_batch(x, y, config.mix, len(classes), config.mix_alpha)
 
@@ -342,8 +424,8 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                 if isinstance(c, RunDirCallback):
                     c._epoch = start_epoch - 1
 
-    if not resume and config.mode in ("partial", "gradual", "full") and config.head_warmup_epochs:
-        _warm_start_head(p, cb)
+    if not resume and config.mode in ("partial", "gradual", "full") and config.head_warmup:
+        fit_head(p, cb)
     open_stages = trainable_stages(model, config.mode, config.unfreeze_stages, start_epoch - 1, config.gradual_every)
     net = _wrap(model, config, setup, dist_ctx)
     cb.on_stage("train", f"{config.mode} training for {config.epochs} epochs")
@@ -356,23 +438,14 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                 apply_freeze_policy(model, config.mode, epoch=epoch - 1, every=config.gradual_every)
                 net = _wrap(model, config, setup, dist_ctx)  # DDP must see the new trainable set
                 open_stages = now_open
-        if linear:
-            stats = train_head_epoch(model, feats_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
-                                     loss_fn=p.loss_fn, batch_size=config.batch_size, generator=generator,
-                                     callback=cb)
-            model.eval()
-            with torch.no_grad():
-                logits = model.head(feats_val)
-            val = {"val_loss": nn.functional.cross_entropy(logits, p.y_val).item(),
-                   "val_acc": (logits.argmax(1) == p.y_val).float().mean().item()}
-        else:
-            stats = train_one_epoch(net, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
-                                    loss_fn=p.loss_fn, setup=setup, batch_size=config.batch_size,
-                                    augment=config.augment, mean=spec.mean, std=spec.std, generator=generator,
-                                    aug_generator=aug_generator, scaler=scaler, callback=cb, mix=mix,
-                                    dist_ctx=dist_ctx if dist_ctx.enabled else None)
-            val = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size,
-                           mean=spec.mean, std=spec.std)
+        stats = train_one_epoch(net, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
+                                loss_fn=p.loss_fn, setup=setup, batch_size=config.batch_size,
+                                augment=config.augment, mean=spec.mean, std=spec.std, generator=generator,
+                                aug_generator=aug_generator, scaler=scaler, callback=cb, mix=mix,
+                                dist_ctx=dist_ctx if dist_ctx.enabled else None, sample_weights=p.sample_weights,
+                                freeze_norm=config.freeze_norm and config.mode != "scratch")
+        val = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size,
+                       mean=spec.mean, std=spec.std)
         seconds = time.time() - t0
         record = {"epoch": epoch, **stats, "val_loss": val["val_loss"], "val_acc": val["val_acc"],
                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
@@ -402,15 +475,10 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
             raise CancelledByUser()
 
     dist_ctx.barrier()
-    cb.on_stage("evaluate", "evaluating the best checkpoint on the validation split")
     blob = torch.load(run.best_checkpoint, map_location=setup.device, weights_only=True)
     model.load_state_dict(blob["state_dict"])
-    final = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size, mean=spec.mean,
-                     std=spec.std)
-    report = classification_report(p.y_val.cpu().numpy(), final["preds"].numpy(), final["logits"].numpy(), classes)
-    report.update({"best_epoch": blob["epoch"], "val_loss": final["val_loss"], "paths": p.val_paths})
-    if dist_ctx.is_main:
-        from engine.workspace import write_json_atomic
-
-        write_json_atomic(run.eval_file, report)
-    return report
+    images = {"val": p.images_val, "test": p.images_test}
+    labels = {"val": p.y_val, "test": p.y_test}
+    return _final_report(p, run, cb, dist_ctx, best_epoch=blob["epoch"], evaluate_split=lambda split: evaluate(
+        model, images[split], labels[split], setup=setup, batch_size=config.batch_size, mean=spec.mean,
+        std=spec.std))

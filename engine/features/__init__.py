@@ -1,0 +1,9 @@
+"""Frozen backbone features, computed once and cached on disk.
+
+Used by the linear probe, the fine-tune's head warm-up and the recipe benchmark:
+whatever needs "the backbone's pooled features of this split" asks here.
+"""
+from engine.features.cache import FeatureSet, split_features
+from engine.features.extract import FeatureExtractor, feature_extractor
+
+__all__ = ["FeatureSet", "split_features", "FeatureExtractor", "feature_extractor"]

@@ -1,0 +1,65 @@
+"""A split's frozen features on disk, keyed by what they depend on.
+
+The key is the dataset's fingerprint, the split, and the backbone's key (its
+architecture, weights, input size and normalisation), so a second run, a second
+mode or a sweep over the same data reuses the features; any change recomputes them.
+Images are decoded only when the features are not cached.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.data.dataset import Dataset
+from engine.data.tensors import decode_split
+from engine.features.extract import FeatureExtractor, backbone_key, feature_extractor
+from engine.workspace import atomic_path, cache_dir
+
+__all__ = ["FeatureSet", "split_features"]
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,) int64, index into the dataset's classes
+    paths: list[str]
+    cached: bool = False  # read from the cache rather than computed now
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def split_features(dataset: Dataset, split: str, backbone: str, size: int, classes: list[str],
+                   extractor: FeatureExtractor | Callable[[], FeatureExtractor] | None = None,
+                   progress: Progress | None = None) -> FeatureSet:
+    """The pooled features of ``split``'s usable images, from the cache when present.
+
+    ``extractor`` (or a function that makes one, called only on a cache miss) runs
+    the backbone; by default :func:`feature_extractor` on this machine's device.
+    """
+    folder = cache_dir() / "features"
+    path = folder / f"{dataset.fingerprint()}-{split}-{backbone_key(backbone, size)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as blob:
+                return FeatureSet(blob["features"], blob["labels"], [str(p) for p in blob["paths"]], cached=True)
+        except Exception:
+            path.unlink(missing_ok=True)  # damaged: compute again
+    tensors = decode_split(dataset, split, size, classes,
+                           progress=(lambda d, t: progress(d, t, f"decode {split}")) if progress else None)
+    if extractor is None:
+        extractor = feature_extractor(backbone, size)
+    elif not isinstance(extractor, FeatureExtractor):
+        extractor = extractor()
+    feats = extractor(tensors.images, progress=(lambda d, t: progress(d, t, f"features {split}")) if progress
+                      else None)
+    result = FeatureSet(feats.reshape(len(tensors), -1), tensors.labels.numpy(), list(tensors.paths))
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, features=result.features, labels=result.labels, paths=np.array(result.paths, dtype=str))
+    return result
