@@ -350,6 +350,17 @@ def cmd_predict(args) -> int:
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise UserError(f"image file '{missing[0]}' does not exist")
+    run_dir = Path(args.model).resolve().parent.parent
+    if (run_dir / "config.json").is_file():  # a run's export: add the unsure answer and the OOD flag
+        from engine.export.analyse import analyse_images
+
+        files = [(p, Path(p).read_bytes()) for p in args.images]
+        result = analyse_images(run_dir, files, top_k=args.top_k, threshold=args.threshold, model_file=args.model)
+        rows = {r["file"]: r for r in result["rows"]} | {e["file"]: e for e in result["errors"]}
+        for path in args.images:
+            row = {k: v for k, v in rows[path].items() if k not in ("file", f"top-{args.top_k}")}
+            print(json.dumps({"image": path, **row}))
+        return 0
     for path, result in zip(args.images, classifier.predict(args.images, top_k=args.top_k)):
         print(json.dumps({"image": path, **result}))
     return 0
@@ -483,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--threshold", type=float, default=0.0, help="answer 'unsure' below this calibrated probability")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("backbones", help="list backbones and whether their weights are available")
