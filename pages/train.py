@@ -20,14 +20,14 @@ from engine.runs.view import run_settled, suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
 from engine.runs.tasks import task_state
-from engine.training.config import DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
+from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
 from engine.training.lr_finder import start_lr_find, lr_find_folder
 from app.state import current_backbone, current_dataset, current_run, set_run
 
 MODE_LABELS = {"linear": "Linear probe", "partial": "Partial fine-tune", "gradual": "Gradual unfreezing",
                "full": "Full fine-tune", "scratch": "From scratch"}
 MODE_HELP = {
-    "linear": "only the new head trains; fastest, good with little data",
+    "linear": "a logistic-regression head fitted to convergence on cached features; seconds",
     "partial": "head + the last backbone stages",
     "gradual": "head first, then one more stage each epoch",
     "full": "every layer; best with more data and a GPU",
@@ -58,9 +58,14 @@ with st.container(border=True):
                     captions=[MODE_HELP.get(m, "") for m in MODES], key="train_mode")
     c1, c2, c3, c4, c5 = st.columns(5)
     # Keyed per mode so switching mode brings up that mode's defaults.
-    epochs = c1.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[mode], key=f"train_epochs_{mode}")
+    probe = mode == "linear"  # fitted to convergence: no epochs, no learning rate
+    epochs = c1.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[mode], key=f"train_epochs_{mode}", disabled=probe,
+                             help="the linear probe is one converged fit" if probe
+                             else TrainConfig.field_help("epochs"))
     lr = c2.number_input("Learning rate", 1e-6, 1.0, DEFAULT_LR[mode], format="%.0e", step=1e-4,
-                         key=f"train_lr_{mode}", help="for the new head; pretrained layers get a tenth of it")
+                         key=f"train_lr_{mode}", disabled=probe,
+                         help="the probe's regularisation is chosen by cross-validation" if probe
+                         else TrainConfig.field_help("lr"))
     try:
         suggested, why = suggest_image_size(backbone, dataset)
     except UserError as exc:  # an unknown backbone named in the URL
@@ -74,14 +79,17 @@ with st.container(border=True):
                            help="a linear probe computes features once, without augmentation")
     st.caption(f"Suggested image size {why}.")
     val_fraction = float(st.session_state.get("val_fraction", 0.2))
-    with st.expander("Advanced: early stopping, layer-wise LR, mixup, seed"):
+    with st.expander("Advanced: class balance, early stopping, layer-wise LR, mixup, seed"):
+        balance = st.radio("Class imbalance", BALANCE_MODES, horizontal=True, key="train_balance",
+                           index=BALANCE_MODES.index(TrainConfig.field_default("balance")),
+                           help=TrainConfig.field_help("balance") + ". The results show accuracy and balanced "
+                           "accuracy, and what a prior correction at prediction time would do to both.")
         a1, a2, a3, a4 = st.columns(4)
         patience = a1.number_input("Early-stopping patience (0 = off)", 0, 100, 0, key="train_patience",
                                    help="stop after this many epochs without a better validation loss; "
                                         "the best checkpoint is kept either way")
-        layer_decay = a2.number_input("Layer-wise LR decay", 0.05, 1.0, 0.75, step=0.05, key="train_layer_decay",
-                                      help="each backbone stage nearer the input trains at this times the LR of "
-                                           "the stage above: early, generic features move least")
+        layer_decay = a2.number_input("Layer-wise LR decay", 0.05, 1.0, TrainConfig.field_default("layer_decay"),
+                                      step=0.05, key="train_layer_decay", help=TrainConfig.field_help("layer_decay"))
         mix = a3.selectbox("Mixup / CutMix", MIX_MODES, key="train_mix", disabled=mode == "linear")
         seed = a4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed",
                                help="the same settings and seed give the same run on the same hardware")
@@ -91,15 +99,17 @@ with st.container(border=True):
                    "no train/val split).")
     b1, b2 = st.columns([1, 4])
     start = b1.button("Start training", type="primary", icon=":material/play_arrow:")
-    find = b2.button("Find a learning rate", icon=":material/query_stats:",
-                     help="a short sweep (fastai's LR finder) on these settings; takes about a minute on CPU")
+    find = b2.button("Find a learning rate", icon=":material/query_stats:", disabled=probe,
+                     help="the linear probe has no learning rate" if probe else
+                     "a short sweep (fastai's LR finder) on these settings; takes about a minute on CPU")
 
 
 def _config() -> TrainConfig:
     return TrainConfig(dataset=str(dataset), backbone=backbone, mode=mode, epochs=int(epochs), lr=float(lr),
                        batch_size=int(batch_size), image_size=int(image_size), augment=augment,
                        val_fraction=val_fraction, patience=int(patience) or None, layer_decay=float(layer_decay),
-                       mix=mix if mode != "linear" else "none", seed=int(seed), unfreeze_stages=int(unfreeze))
+                       mix=mix if mode != "linear" else "none", seed=int(seed), unfreeze_stages=int(unfreeze),
+                       balance=balance)
 
 
 def _start_run():
@@ -275,12 +285,23 @@ evaluation = run.evaluation()
 if evaluation is None:
     st.stop()
 
-st.subheader("Evaluation on the validation split (best epoch)")
-m1, m2, m3, m4 = st.columns(4)
+split_name = "held-out test" if evaluation.get("split") == "test" else "validation"
+st.subheader(f"Evaluation on the {split_name} split (best epoch)")
+m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Accuracy", f"{evaluation['accuracy']:.3f}")
-m2.metric("Macro F1", f"{evaluation['macro_f1']:.3f}")
-m3.metric("Best epoch", evaluation.get("best_epoch", "—"))
-m4.metric("Validation images", evaluation.get("num_images", "—"))
+m2.metric("Balanced accuracy", f"{evaluation.get('balanced_accuracy', float('nan')):.3f}",
+          help="the mean of per-class recalls: what accuracy would be if every class were equally common")
+m3.metric("Macro F1", f"{evaluation['macro_f1']:.3f}")
+m4.metric("Best epoch", evaluation.get("best_epoch", "—"))
+m5.metric(f"{split_name.capitalize()} images", evaluation.get("num_images", "—"))
+if evaluation.get("prior_correction"):
+    pc = evaluation["prior_correction"]
+    st.caption("The classes are imbalanced. Correcting for the training class frequencies at prediction time "
+               "(logit adjustment) trades one metric for the other; the Evaluate page has the detail.")
+    st.dataframe(pd.DataFrame([{"predictions": name, **{k: round(v, 4) for k, v in pc[key].items()}}
+                               for name, key in (("as trained", "as_trained"),
+                                                 ("prior-corrected", "prior_corrected"))]),
+                 hide_index=True)
 
 classes = evaluation["classes"]
 left, right = st.columns([3, 2])

@@ -131,7 +131,8 @@ def test_same_config_same_metrics_and_resume_matches_uninterrupted(shapes_dir):
     assert third.status()["state"] == "cancelled"
     assert len(third.metrics()) == 1
     blob = torch.load(third.last_checkpoint, weights_only=True)
-    assert blob["epoch"] == 1 and "optimizer" in blob and "rng" in blob
+    state = blob["training_state"]
+    assert blob["epoch"] == state["epoch"] == 1 and {"optimizer", "scheduler", "rng", "early_stopping"} <= set(state)
     resume(third)
     assert third.status()["state"] == "done"
     assert _curves(third) == _curves(first)

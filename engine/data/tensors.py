@@ -16,7 +16,7 @@ import torch
 
 from engine.data.dataset import Dataset
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
-from engine.workspace import cache_dir, write_json_atomic
+from engine.workspace import cache_dir
 
 __all__ = ["SplitTensors", "decode_split"]
 

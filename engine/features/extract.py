@@ -8,6 +8,7 @@ the ratio). On a GPU PyTorch with autocast and channels_last is faster still.
 from __future__ import annotations
 
 import hashlib
+import typing
 import json
 import os
 from collections.abc import Callable
@@ -37,6 +38,9 @@ def backbone_key(backbone: str, size: int) -> str:
 
 class _FeatureGraph(nn.Module):
     """uint8 NCHW pixels -> the backbone's normalisation -> pooled features."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, backbone: nn.Module, mean, std):
         super().__init__()
@@ -117,7 +121,7 @@ def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None
 
     def graph() -> nn.Module:
         net = model if model is not None else create_model(backbone, 2, pretrained=True, image_size=size)
-        return _FeatureGraph(net.backbone, spec.mean, spec.std).eval()
+        return _FeatureGraph(typing.cast(nn.Module, net.backbone), spec.mean, spec.std).eval()
 
     if engine == "onnxruntime":
         path = cache_dir() / "backbones" / f"{backbone_key(backbone, size)}.onnx"

@@ -7,7 +7,7 @@ blocks from input to output so freeze policies can unfreeze "the last K".
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

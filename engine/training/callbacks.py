@@ -17,6 +17,8 @@ class Callback:
     def on_train_start(self) -> None: ...
     def on_progress(self, done: int, total: int, stage: str) -> None: ...
     def on_batch_end(self, loss: float) -> None: ...
+    def on_resume(self, epoch: int) -> None:
+        """Training continues after ``epoch`` (from a checkpoint)."""
     def on_epoch_end(self, record: dict) -> None: ...
     def should_stop(self) -> bool:
         return False
@@ -56,6 +58,9 @@ class RunDirCallback(Callback):
         else:
             fields["stage_progress"] = round(done / max(total, 1), 4)
         self.run.update_status(state="running", **fields)
+
+    def on_resume(self, epoch: int) -> None:
+        self._epoch = epoch
 
     def on_train_start(self) -> None:
         self._train_started = time.time()

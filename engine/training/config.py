@@ -122,6 +122,15 @@ class TrainConfig:
                 parser.add_argument(flag, type=base, choices=f.metadata.get("choices"), **kwargs)
 
     @classmethod
+    def field_default(cls, name: str):
+        """A field's default, for widgets that offer the setting (defined here only)."""
+        return cls.__dataclass_fields__[name].default
+
+    @classmethod
+    def field_help(cls, name: str) -> str:
+        return cls.__dataclass_fields__[name].metadata.get("help") or ""
+
+    @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "TrainConfig":
         return cls.from_dict({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 

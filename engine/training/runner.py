@@ -28,6 +28,7 @@ from engine.training.freeze import apply_freeze_policy, param_groups, trainable_
 from engine.training.loop import evaluate, resolve_device, train_one_epoch
 from engine.training.metrics import classification_report
 from engine.training.probe import fit_probe
+from engine.training.state import EarlyStopping, TrainingState
 
 __all__ = ["train", "resume", "load_checkpoint_model", "prepare", "Prepared", "fit_head", "probe_features",
            "CHECKPOINT_FORMAT"]
@@ -91,6 +92,10 @@ class _Fanout(Callback):
     def on_batch_end(self, loss):
         for c in self.callbacks:
             c.on_batch_end(loss)
+
+    def on_resume(self, epoch):
+        for c in self.callbacks:
+            c.on_resume(epoch)
 
     def on_epoch_end(self, record):
         for c in self.callbacks:
@@ -280,25 +285,6 @@ def _wrap(model: nn.Module, config: TrainConfig, setup, dist_ctx: DistContext) -
     return net
 
 
-def _rng_state(generator, aug_generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-             "aug_generator": aug_generator.get_state(),
-             "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy())}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, generator, aug_generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    aug_generator.set_state(state["aug_generator"])
-    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
-    np.random.set_state(("MT19937", keys, 624, 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _truncate_metrics(run: Run, last_epoch: int) -> None:
     """Drop epoch lines written after the checkpoint we resume from."""
     kept = [m for m in run.metrics() if m.get("epoch", 0) <= last_epoch]
@@ -404,25 +390,18 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
         def mix(x, y):
             return mix_batch(x, y, config.mix, len(classes), config.mix_alpha)
 
-    best_loss, bad_epochs, start_epoch = float("inf"), 0, 1
+    state = TrainingState(optimizer, scheduler, scaler, generator, aug_generator, EarlyStopping(config.patience))
     if resume:
         blob = torch.load(run.last_checkpoint, map_location=setup.device, weights_only=True)
-        start_epoch = int(blob["epoch"]) + 1
-        apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=start_epoch - 1,
+        apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=int(blob["epoch"]),
                             every=config.gradual_every)
         model.load_state_dict(blob["state_dict"])
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        if scaler is not None and blob.get("scaler"):
-            scaler.load_state_dict(blob["scaler"])
-        best_loss, bad_epochs = float(blob["best_loss"]), int(blob["bad_epochs"])
-        _set_rng_state(blob["rng"], generator, aug_generator)
+        state.load_state_dict(blob["training_state"])
         if dist_ctx.is_main:
-            _truncate_metrics(run, start_epoch - 1)
-            run.update_status(message=f"resumed after epoch {start_epoch - 1}")
-            for c in getattr(cb, "callbacks", []):
-                if isinstance(c, RunDirCallback):
-                    c._epoch = start_epoch - 1
+            _truncate_metrics(run, state.epoch)
+            run.update_status(message=f"resumed after epoch {state.epoch}")
+        cb.on_resume(state.epoch)
+    start_epoch = state.epoch + 1
 
     if not resume and config.mode in ("partial", "gradual", "full") and config.head_warmup:
         fit_head(p, cb)
@@ -452,21 +431,17 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                   "images_per_s": round(len(p.y_train) / seconds, 1) if seconds > 0 else None}
         if config.mode == "gradual":
             record["open_stages"] = open_stages
-        if val["val_loss"] < best_loss:
-            best_loss, bad_epochs = val["val_loss"], 0
+        state.epoch = epoch
+        if state.early.update(val["val_loss"]):
             record["best"] = True
             if dist_ctx.is_main:
                 _save_checkpoint(run.best_checkpoint, model, config, classes, epoch)
-        else:
-            bad_epochs += 1
         if dist_ctx.is_main:
             # last.pt before the metrics line: a kill between the two loses one line, not the epoch.
-            _save_checkpoint(run.last_checkpoint, model, config, classes, epoch, extra={
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}, "best_loss": best_loss,
-                "bad_epochs": bad_epochs, "rng": _rng_state(generator, aug_generator)})
+            _save_checkpoint(run.last_checkpoint, model, config, classes, epoch,
+                             extra={"training_state": state.state_dict()})
         cb.on_epoch_end(record)
-        if config.patience is not None and bad_epochs >= config.patience and epoch < config.epochs:
+        if state.early.stop and epoch < config.epochs:
             if dist_ctx.is_main:
                 run.update_status(stopped_early=epoch, message=f"stopped early after epoch {epoch}: validation "
                                   f"loss did not improve for {config.patience} epochs")
