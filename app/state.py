@@ -12,7 +12,7 @@ from engine.runs import Run
 from engine.workspace import runs_dir
 
 __all__ = ["current_dataset", "set_dataset", "current_backbone", "set_backbone", "current_run", "set_run",
-           "DEFAULT_BACKBONE"]
+           "pick_run", "DEFAULT_BACKBONE"]
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 
@@ -79,3 +79,21 @@ def current_run() -> Run | None:
 
 def set_run(run: Run | None) -> None:
     _set("run", run.id if run else None)
+
+
+def pick_run(label: str, runs: list[Run], key: str, on_pick=None) -> Run:
+    """A selectbox of ``runs`` that opens on the current run and makes the picked one current."""
+    from engine.runs.view import run_label
+
+    by_id = {run.id: run for run in runs}
+    current = current_run()
+    if st.session_state.get(key) not in by_id:
+        st.session_state[key] = current.id if current is not None and current.id in by_id else runs[0].id
+
+    def _picked() -> None:
+        set_run(by_id[st.session_state[key]])
+        if on_pick is not None:
+            on_pick()
+
+    st.selectbox(label, list(by_id), key=key, on_change=_picked, format_func=lambda rid: run_label(by_id[rid]))
+    return by_id[st.session_state[key]]

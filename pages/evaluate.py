@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.state import current_run, set_run
+from app.state import pick_run
 from engine.errors import UserError
 from engine.evaluation import activation_maps, compare_runs, evaluation_state, load_evaluation, start_evaluation
 from engine.runs import list_runs
@@ -26,18 +26,7 @@ if not runs:
     st.info("No trained run yet. Train one on the **Train** page; it is evaluated when training ends.")
     st.stop()
 by_id = {run.id: run for run in runs}
-current = current_run()
-if st.session_state.get("eval_run") not in by_id:
-    st.session_state["eval_run"] = current.id if current is not None and current.id in by_id else runs[0].id
-
-
-def _on_pick() -> None:
-    set_run(by_id[st.session_state["eval_run"]])
-    st.session_state.pop("eval_cam", None)
-
-
-st.selectbox("Run", list(by_id), key="eval_run", on_change=_on_pick, format_func=lambda rid: run_label(by_id[rid]))
-run = by_id[st.session_state["eval_run"]]
+run = pick_run("Run", runs, key="eval_run", on_pick=lambda: st.session_state.pop("eval_cam", None))
 evaluation = load_evaluation(run.path)
 task = evaluation_state(run.path)
 

@@ -10,8 +10,8 @@ from engine.errors import UserError
 from engine.evaluation import load_evaluation, threshold_point
 from engine.export.analyse import UNSURE, analyse_images
 from engine.export.inference import get_classifier
-from engine.runs.view import exported_runs, run_label
-from app.state import current_run, set_run
+from engine.runs.view import exported_runs
+from app.state import pick_run
 
 st.title("Predict")
 st.caption("Upload images, a .zip of images, or take a picture, and see what a trained model says, how sure "
@@ -23,19 +23,7 @@ if not runs:
     st.info("No exported model yet. Train one on the **Train** page; it is exported to ONNX when training ends.")
     st.stop()
 
-by_id = {run.id: run for run in runs}
-current = current_run()
-if st.session_state.get("predict_run") not in by_id:
-    st.session_state["predict_run"] = current.id if current is not None and current.id in by_id else runs[0].id
-
-
-def _on_pick() -> None:
-    set_run(by_id[st.session_state["predict_run"]])
-
-
-st.selectbox("Model (a run with an ONNX export)", list(by_id), key="predict_run", on_change=_on_pick,
-             format_func=lambda rid: run_label(by_id[rid]))
-run = by_id[st.session_state["predict_run"]]
+run = pick_run("Model (a run with an ONNX export)", runs, key="predict_run")
 
 try:
     classifier = get_classifier(run.onnx_file)
