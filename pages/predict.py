@@ -98,7 +98,11 @@ if files:
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"probability": st.column_config.ProgressColumn(
                          "probability", format="%.3f", min_value=0.0, max_value=1.0),
-                         "ms": st.column_config.NumberColumn("ms / image", format="%.1f")})
+                         "ms": st.column_config.NumberColumn("ms / image", format="%.1f"),
+                         "ood_score": st.column_config.NumberColumn("OOD score", format="%.3f"),
+                         "ood_percentile": st.column_config.NumberColumn(
+                             "OOD percentile", format="%.1f", help="share of validation images scoring lower"),
+                         "unlike_training": st.column_config.CheckboxColumn("unlike the training data")})
         st.download_button("Download predictions (CSV)", table.to_csv(index=False),
                            f"{run.id}-predictions.csv", "text/csv", on_click="ignore")
         if result["ood"]["available"]:
