@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,7 +180,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, inpu
             return path
 
         full = build([], tmp / "int8-0.onnx")
-        candidates = [{"float_nodes": 0, "excluded": [], "path": full}]
+        candidates: list[dict[str, Any]] = [{"float_nodes": 0, "excluded": [], "path": full}]
         ranking: list[tuple[str, float]] = []
         if holdout is not None and len(holdout):
             holdout = np.ascontiguousarray(holdout, dtype=np.float32)
