@@ -31,8 +31,13 @@ def _number(at: AppTest, label: str):
     return next(w for w in at.number_input if w.label == label)
 
 
-def _start(at: AppTest, epochs: int, image_size: int) -> AppTest:
-    at.number_input(key="train_epochs_linear").set_value(epochs)
+def _start(at: AppTest, image_size: int, mode: str = "linear", epochs: int | None = None) -> AppTest:
+    """Start a run; the linear probe has no epochs to set (it is one converged fit)."""
+    if mode != "linear":
+        at.radio(key="train_mode").set_value(mode).run()
+        at.number_input(key=f"train_epochs_{mode}").set_value(epochs)
+    else:
+        assert at.number_input(key="train_epochs_linear").disabled
     _number(at, "Image size (px)").set_value(image_size)
     at.selectbox(key="train_batch").set_value(16)
     at.button[0].click().run()
@@ -64,7 +69,7 @@ def test_bad_dataset_shows_user_error_not_traceback(tmp_path, monkeypatch):
         draw_shape("circle", np.random.default_rng(i)).save(folder / f"{i}.png")
     before = {r.id for r in list_runs()}
     at = _page(dataset=str(tmp_path / "one-class"))
-    _start(at, epochs=1, image_size=64)
+    _start(at, image_size=64)
     assert any(e.value.startswith("Cannot start training:") and "only one class" in e.value for e in at.error), \
         [e.value for e in at.error]
     assert not at.exception
@@ -75,13 +80,13 @@ def test_bad_dataset_shows_user_error_not_traceback(tmp_path, monkeypatch):
 def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
     monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))  # visitors may open folders only under a root
     at = _page(dataset=str(shapes_dir))
-    at = _start(at, epochs=4, image_size=64)
+    at = _start(at, image_size=64)
     run_id = at.session_state["run"]
     run = Run(runs_dir() / run_id)
     assert run.exists()
     assert at.query_params["run"] == run_id  # a refresh reopens the same run
     config = run.config()
-    assert (config["mode"], config["epochs"], config["image_size"], config["batch_size"]) == ("linear", 4, 64, 16)
+    assert (config["mode"], config["epochs"], config["image_size"], config["batch_size"]) == ("linear", 1, 64, 16)
     assert Path(config["dataset"]) == shapes_dir.resolve()
     assert run.status()["state"] in {"queued", "running", "done"}
     assert any(run_id in s.value for s in at.subheader)
@@ -105,9 +110,10 @@ def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
     evaluation = run.evaluation()
     assert metrics["Accuracy"] == f"{evaluation['accuracy']:.3f}"
     assert metrics["Macro F1"] == f"{evaluation['macro_f1']:.3f}"
+    assert metrics["Balanced accuracy"] == f"{evaluation['balanced_accuracy']:.3f}"
     per_class = at2.dataframe[0].value
     assert list(per_class["class"]) == ["circle", "square", "triangle"]
-    assert len(run.metrics()) == 4
+    assert len(run.metrics()) == 1  # the probe: one converged fit
     assert run.onnx_file.is_file()
     assert [b.label for b in at2.button] == ["Start training", "Find a learning rate"]  # no Cancel when finished
 
@@ -116,7 +122,7 @@ def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
 def test_cancel_stops_a_run(shapes_dir, monkeypatch):
     monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))
     at = _page(dataset=str(shapes_dir))
-    at = _start(at, epochs=500, image_size=64)
+    at = _start(at, image_size=64, mode="full", epochs=500)
     run = Run(runs_dir() / at.session_state["run"])
     at.button(key="cancel_run").click().run()
     assert not at.exception
@@ -148,24 +154,20 @@ def test_failed_run_shows_error_in_words(shapes_dir):
 @pytest.mark.slow
 def test_interrupted_run_can_be_resumed_from_the_page(shapes_dir):
     from engine.runs import new_run
-    from engine.training.callbacks import CancelledByUser
+    from engine.training.callbacks import Callback, CancelledByUser
     from engine.training.config import TrainConfig
     from engine.training.runner import train
 
     # Two epochs trained for real, then the worker "died": the run is interrupted with a last.pt.
     run = new_run("resume-for-test")
-    config = TrainConfig(dataset=str(shapes_dir), mode="linear", epochs=4, image_size=32, batch_size=16)
+    config = TrainConfig(dataset=str(shapes_dir), mode="partial", unfreeze_stages=1, epochs=4, image_size=32,
+                         batch_size=16)
     run.write_config(config.to_dict())
 
-    class StopAfterTwo:
-        def on_stage(self, *a, **k): ...
-        def on_train_start(self): ...
-        def on_progress(self, *a, **k): ...
+    class StopAfterTwo(Callback):
         def on_epoch_end(self, record):
             if record["epoch"] == 2:
                 run.request_cancel()
-        def should_stop(self):
-            return False
 
     with pytest.raises(CancelledByUser):  # stopped after epoch 2, as a killed worker would have
         train(config, run, callbacks=[StopAfterTwo()])
@@ -193,13 +195,15 @@ def test_lr_finder_runs_in_background_and_its_suggestion_sets_the_lr(shapes_dir,
 
     monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))
     at = _page(dataset=str(shapes_dir))
+    assert next(b for b in at.button if b.label == "Find a learning rate").disabled  # the probe has no LR
+    at.radio(key="train_mode").set_value("partial").run()
     _number(at, "Image size (px)").set_value(48)
     at.selectbox(key="train_batch").set_value(16)
     next(b for b in at.button if b.label == "Find a learning rate").click().run()
     assert not at.exception, at.exception
     folders = list((home() / "lr-find").iterdir())
     assert len(folders) == 1
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while task_state(folders[0])["state"] == "running" and time.time() < deadline:
         time.sleep(1)
     assert task_state(folders[0])["state"] == "done", task_state(folders[0])
@@ -209,7 +213,7 @@ def test_lr_finder_runs_in_background_and_its_suggestion_sets_the_lr(shapes_dir,
     suggested = float(use.label.split()[1])
     assert 1e-7 <= suggested <= 1.0
     use.click().run()
-    assert at.number_input(key="train_lr_linear").value == suggested
+    assert at.number_input(key="train_lr_partial").value == suggested
 
 
 @pytest.mark.slow
@@ -218,10 +222,11 @@ def test_advanced_settings_reach_the_run_config(shapes_dir, monkeypatch):
     at = _page(dataset=str(shapes_dir), val_fraction=0.3)
     at.number_input(key="train_patience").set_value(2)
     at.number_input(key="train_seed").set_value(7)
-    at = _start(at, epochs=2, image_size=48)
+    at.radio(key="train_balance").set_value("weights")
+    at = _start(at, image_size=48)
     run = Run(runs_dir() / at.session_state["run"])
     config = run.config()
-    assert (config["patience"], config["seed"], config["val_fraction"]) == (2, 7, 0.3)
+    assert (config["patience"], config["seed"], config["val_fraction"], config["balance"]) == (2, 7, 0.3, "weights")
     deadline = time.time() + 180
     while not run_settled(run) and time.time() < deadline:
         time.sleep(1)

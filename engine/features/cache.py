@@ -34,12 +34,13 @@ class FeatureSet:
 
 
 def split_features(dataset: Dataset, split: str, backbone: str, size: int, classes: list[str],
-                   extractor: FeatureExtractor | Callable[[], FeatureExtractor] | None = None,
+                   extractor: FeatureExtractor | Callable[[int], FeatureExtractor] | None = None,
                    progress: Progress | None = None) -> FeatureSet:
     """The pooled features of ``split``'s usable images, from the cache when present.
 
-    ``extractor`` (or a function that makes one, called only on a cache miss) runs
-    the backbone; by default :func:`feature_extractor` on this machine's device.
+    ``extractor`` (or a function of the number of images that makes one, called only
+    on a cache miss) runs the backbone; by default :func:`feature_extractor` on this
+    machine's device.
     """
     folder = cache_dir() / "features"
     path = folder / f"{dataset.fingerprint()}-{split}-{backbone_key(backbone, size)}.npz"
@@ -52,9 +53,9 @@ def split_features(dataset: Dataset, split: str, backbone: str, size: int, class
     tensors = decode_split(dataset, split, size, classes,
                            progress=(lambda d, t: progress(d, t, f"decode {split}")) if progress else None)
     if extractor is None:
-        extractor = feature_extractor(backbone, size)
+        extractor = feature_extractor(backbone, size, images=len(tensors))
     elif not isinstance(extractor, FeatureExtractor):
-        extractor = extractor()
+        extractor = extractor(len(tensors))
     feats = extractor(tensors.images, progress=(lambda d, t: progress(d, t, f"features {split}")) if progress
                       else None)
     result = FeatureSet(feats.reshape(len(tensors), -1), tensors.labels.numpy(), list(tensors.paths))

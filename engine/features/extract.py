@@ -25,6 +25,9 @@ from engine.workspace import cache_dir
 __all__ = ["FeatureExtractor", "feature_extractor", "backbone_key"]
 
 EXTRACT_VERSION = 1
+# Exporting a backbone to ONNX takes seconds; below this many images (and no exported file yet)
+# PyTorch eager finishes first, so "auto" uses it.
+ORT_MIN_IMAGES = 1000
 Progress = Callable[[int, int], None]
 
 
@@ -105,16 +108,19 @@ def _torch_runner(graph: nn.Module, setup: DeviceSetup) -> Callable[[torch.Tenso
 
 
 def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None, engine: str = "auto",
-                      model: nn.Module | None = None) -> FeatureExtractor:
+                      model: nn.Module | None = None, images: int | None = None) -> FeatureExtractor:
     """A frozen feature function for ``backbone`` at ``size`` px.
 
-    ``engine``: ``onnxruntime`` | ``torch`` | ``auto`` (onnxruntime on CPU, torch on GPU).
+    ``engine``: ``onnxruntime`` | ``torch`` | ``auto`` (torch on GPU; on CPU onnxruntime, unless
+    the backbone is not exported yet and ``images``, the number to come, is below ``ORT_MIN_IMAGES``).
     ``model``: the pretrained TransferModel when the caller has it loaded already (it must
     still hold the pretrained weights: the ONNX file is cached under their name).
     """
     setup = setup or resolve_device()
+    path = cache_dir() / "backbones" / f"{backbone_key(backbone, size)}.onnx"
     if engine == "auto":
-        engine = "torch" if setup.device.type == "cuda" else "onnxruntime"
+        few = images is not None and images < ORT_MIN_IMAGES and not path.is_file()
+        engine = "torch" if setup.device.type == "cuda" or few else "onnxruntime"
     if engine not in ("onnxruntime", "torch"):
         raise ValueError(f"unknown feature engine '{engine}'")
     spec = get_spec(backbone)
@@ -124,7 +130,6 @@ def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None
         return _FeatureGraph(typing.cast(nn.Module, net.backbone), spec.mean, spec.std).eval()
 
     if engine == "onnxruntime":
-        path = cache_dir() / "backbones" / f"{backbone_key(backbone, size)}.onnx"
         if not path.is_file():  # exported once per backbone, weights and size
             from engine.export import onnx_export
 

@@ -270,7 +270,7 @@ def probe_features(dataset, split: str, backbone: str, size: int, classes: list,
                    cb: Callback):
     """The frozen, pretrained ``model``'s features of ``split`` (cached on disk), with progress."""
     return split_features(dataset, split, backbone, size, classes,
-                          extractor=lambda: feature_extractor(backbone, size, setup=setup, model=model),
+                          extractor=lambda n: feature_extractor(backbone, size, setup=setup, model=model, images=n),
                           progress=lambda d, t, stage: cb.on_progress(d, t, stage))
 
 
