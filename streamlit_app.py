@@ -30,6 +30,7 @@ PAGES = [
     st.Page("pages/backbones.py", title="Backbone", icon=":material/hub:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_chart:"),
+    st.Page("pages/insight.py", title="Insight", icon=":material/insights:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/troubleshoot:"),
     st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),

@@ -20,6 +20,7 @@ from engine.runs.view import run_settled, suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
 from engine.runs.tasks import task_state
+from engine.insight import load_insight
 from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
 from engine.training.lr_finder import start_lr_find, lr_find_folder
 from app.state import current_backbone, current_dataset, current_run, set_run
@@ -43,6 +44,9 @@ dataset = current_dataset()
 backbone = current_backbone()
 dataset_name = Path(dataset).name if "/" in str(dataset) else dataset
 st.caption(f"Dataset **{dataset_name}** · backbone **{backbone}** (change them on the Dataset and Backbone pages)")
+_insight = load_insight(dataset, backbone)  # advice from the Insight page's measurements, when there are some
+if _insight:
+    st.info("**Insight:** " + " ".join(_insight["advice"]), icon=":material/lightbulb:")
 
 
 def _fmt_seconds(seconds) -> str:

@@ -49,11 +49,12 @@ def compute_insight(spec: str, backbone: str, image_size: int = 64, draws: int =
     started = time.monotonic()
     from engine.features import feature_extractor
 
-    def extractor():
+    def extractor(_images: int):
         return feature_extractor(backbone, image_size, engine=feature_engine)
 
-    train = split_features(dataset, "train", backbone, image_size, classes, extractor=extractor)
-    val = split_features(dataset, "val", backbone, image_size, classes, extractor=extractor)
+    make = None if feature_engine == "auto" else extractor  # auto: the feature cache decides
+    train = split_features(dataset, "train", backbone, image_size, classes, extractor=make)
+    val = split_features(dataset, "val", backbone, image_size, classes, extractor=make)
     C = fit_probe(train.features, train.labels, len(classes), seed=seed).C
     timings["features"] = round(time.monotonic() - started, 1)
     say(f"features ready ({timings['features']} s); probe C = {C}")
