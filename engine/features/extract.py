@@ -22,7 +22,7 @@ from engine.models import create_model, get_spec
 from engine.training.loop import DeviceSetup, resolve_device
 from engine.workspace import cache_dir
 
-__all__ = ["FeatureExtractor", "feature_extractor", "backbone_key"]
+__all__ = ["FeatureExtractor", "feature_extractor", "backbone_key", "ort_runner"]
 
 EXTRACT_VERSION = 1
 # Exporting a backbone to ONNX takes seconds; below this many images (and no exported file yet)
@@ -33,9 +33,14 @@ Progress = Callable[[int, int], None]
 
 def backbone_key(backbone: str, size: int) -> str:
     """Names one frozen feature function: architecture, weights, input size, preprocessing."""
+    from engine.models.supplied import weights_identity
+
     spec = get_spec(backbone)
     record = {"backbone": spec.name, "family": spec.family, "weights": spec.weights, "size": int(size),
               "mean": list(spec.mean), "std": list(spec.std), "version": EXTRACT_VERSION}
+    supplied = weights_identity(backbone)  # a supplied weights file replaces the published weights
+    if supplied is not None:
+        record["supplied"] = supplied
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -75,7 +80,8 @@ class FeatureExtractor:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def _ort_runner(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+def ort_runner(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    """A CPU onnxruntime session over an ONNX file with one uint8 image input: ``run(batch) -> ndarray``."""
     import onnxruntime as ort
 
     from engine.export.inference import ort_threads
@@ -135,5 +141,5 @@ def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None
 
             path.parent.mkdir(parents=True, exist_ok=True)
             onnx_export(graph(), torch.zeros(2, 3, size, size, dtype=torch.uint8), path, output_names=("features",))
-        return FeatureExtractor(backbone, size, engine, _ort_runner(path), batch_size=32)
+        return FeatureExtractor(backbone, size, engine, ort_runner(path), batch_size=32)
     return FeatureExtractor(backbone, size, engine, _torch_runner(graph(), setup), batch_size=64)

@@ -76,14 +76,14 @@ def imagenet_head(backbone: str) -> tuple[torch.nn.Module, list[str]]:
 def _onnx_head(backbone: str) -> Callable[[torch.Tensor], np.ndarray]:
     """The head exported to ONNX once per backbone (about a minute) and run with onnxruntime."""
     from engine.export import onnx_export
-    from engine.features.extract import _ort_runner
+    from engine.features.extract import ort_runner
 
     path = _onnx_file(backbone)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         example = torch.zeros(2, HEAD_IMAGE_SIZE, HEAD_IMAGE_SIZE, 3, dtype=torch.uint8)
         onnx_export(imagenet_head(backbone)[0], example, path, output_names=("probabilities",))
-    return _ort_runner(path)
+    return ort_runner(path)
 
 
 ONNX_FROM = 100  # images from which exporting the head once pays for itself over PyTorch eager

@@ -44,6 +44,8 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> dict:
     min_div10 = float(lrs[int(np.argmin(loss))]) / 10
     # Steepest descent, unless that point lies past the loss minimum (then min/10).
     suggested = steepest if steepest <= min_div10 * 10 else min_div10
+    # A curve that only rises (a warm-started head) has its minimum at the first LR: stay in the range swept.
+    suggested = max(suggested, float(lrs[0]))
     return {"steepest": steepest, "min_div10": min_div10, "suggested_lr": suggested}
 
 
