@@ -369,20 +369,42 @@ def cmd_predict(args) -> int:
 def cmd_backbones(args) -> int:
     from engine.models import backbone_catalogue
 
-    rows = backbone_catalogue()
+    if args.measure:
+        from engine.models.latency import measure_latency
+
+        for r in backbone_catalogue():
+            if r["available"]:
+                print(f"[backbones] measuring {r['backbone']} at {args.image_size} px", file=sys.stderr, flush=True)
+                measure_latency(r["backbone"], args.image_size)
+    rows = backbone_catalogue(image_size=args.image_size)
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'backbone':<20}{'params(M)':>10}{'GFLOPs':>8}{'top1':>7}  available")
+    print(f"{'backbone':<20}{'family':<18}{'params(M)':>10}{'GFLOPs':>8}{'top1':>7}{'ORT ms b1':>10}{'b32':>7}  "
+          f"weights")
     for r in rows:
-        print(f"{r['backbone']:<20}{r['params_m']:>10}{r['gflops']:>8}{r['imagenet_top1']:>7}  "
-              f"{'yes' if r['available'] else 'no'} ({r['weights_source']})")
+        lat = (f"{r['ort_ms_b1']:>10.2f}{r['ort_ms_b32']:>7.2f}" if r.get("ort_ms_b1") is not None
+               else f"{'-':>10}{'-':>7}")
+        print(f"{r['backbone']:<20}{r['family']:<18}{r['params_m']:>10}{r['gflops']:>8}{r['imagenet_top1']:>7}{lat}  "
+              f"{r['weights_source']}")
+    return 0
+
+
+def _report(args, result: dict, fmt) -> int:
+    """A background-capable command's ending: ``--out FILE`` (JSON), then ``--json``, the text, or ``--quiet``."""
+    from engine.workspace import write_json_atomic
+
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+    if args.json:
+        _print_json(result)
+    elif not args.quiet:
+        print(fmt(result))
     return 0
 
 
 def cmd_insight(args) -> int:
     from engine.insight import compute_insight, format_insight
-    from engine.workspace import write_json_atomic
 
     if not 16 <= args.image_size <= 512:
         raise UserError(f"image size must be between 16 and 512 px, got {args.image_size}")
@@ -401,12 +423,33 @@ def cmd_insight(args) -> int:
     result = compute_insight(args.data, args.backbone, image_size=args.image_size, draws=args.draws,
                              scratch_sizes=0 if args.no_scratch else 2, scratch_epochs=args.scratch_epochs,
                              progress=say)
-    if args.out:
-        write_json_atomic(Path(args.out), result)
-    if args.json:
-        _print_json(result)
+    return _report(args, result, format_insight)
+
+
+def cmd_sweep(args) -> int:
+    from engine.sweep.sweep import format_sweep, progress_writer, run_sweep
+
+    names = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    progress = None
+    if args.progress_file:
+        progress = progress_writer(Path(args.progress_file), list(dict.fromkeys(names)))
     elif not args.quiet:
-        print(format_insight(result))
+        seen: set = set()
+
+        def progress(name, done, total, stage):
+            if (name, stage) not in seen or done == total:
+                seen.add((name, stage))
+                print(f"[sweep] {name}: {stage} {done}/{total}", file=sys.stderr, flush=True)
+
+    result = run_sweep(args.data, names, image_size=args.image_size, progress=progress)
+    return _report(args, result, format_sweep)
+
+
+def cmd_add_weights(args) -> int:
+    from engine.models.supplied import install_weights
+
+    path = install_weights(args.backbone, args.file)
+    print(f"checked {args.file} against {args.backbone} key by key and shape by shape; stored as {path}")
     return 0
 
 
@@ -543,9 +586,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing (the background task)")
     p.set_defaults(func=cmd_insight)
 
-    p = sub.add_parser("backbones", help="list backbones and whether their weights are available")
+    p = sub.add_parser("backbones", help="list backbones, whether their weights load now, and latency measured here")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--image-size", type=int, default=224, help="show the latency measured at this size")
+    p.add_argument("--measure", action="store_true", help="measure every loadable backbone first (cached)")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("sweep", help="probe 2-6 loadable backbones on a dataset: validation accuracy against "
+                       "latency measured here, with a recommendation")
+    p.add_argument("data", help="built-in name, folder or .zip of class folders")
+    p.add_argument("--backbones", required=True, help="comma-separated, e.g. mobilenet_v2,efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=224, help="input size in px for every backbone")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="also write the result as JSON to this file")
+    p.add_argument("--progress-file", help="(internal) keep per-backbone progress in this JSON file")
+    p.add_argument("--quiet", action="store_true", help="print nothing (the background task)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("add-weights", help="check a weights file (safetensors or a state dict) against a "
+                       "registered architecture and make it that backbone's pretrained weights")
+    p.add_argument("backbone")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_add_weights)
 
     p = sub.add_parser("setup", help="seed offline weights and the built-in dataset")
     p.set_defaults(func=cmd_setup)

