@@ -279,3 +279,18 @@ def test_a_copied_run_keeps_its_evaluation_and_new_weights_invalidate_it(shapes_
     blob["state_dict"]["head.bias"] += 1.0
     torch.save(blob, copy.best_checkpoint)
     assert load_evaluation(copy.path).stale and run_temperature(copy.path) is None
+
+
+def test_overfitting_reading_names_the_epoch_validation_stopped_improving():
+    from engine.evaluation import overfitting
+
+    val = [1.0 - 0.1 * e if e <= 6 else 0.4 + 0.02 * (e - 6) for e in range(1, 31)]
+    metrics = [{"epoch": e, "train_loss": 1.0 - 0.03 * e, "val_loss": v} for e, v in zip(range(1, 31), val)]
+    fit = overfitting(metrics)
+    assert fit["best_epoch"] == 6 and fit["epochs_since_best"] == 24
+    assert "stopped improving at epoch 6 of 30" in fit["reading"] and "gap grew" in fit["reading"]
+    assert fit["gap"][-1] == pytest.approx(val[-1] - (1.0 - 0.03 * 30))
+    still = overfitting([{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e + 0.1} for e in range(1, 6)])
+    assert "still improving at the last epoch (5)" in still["reading"]
+    probe = overfitting([{"epoch": 1, "train_loss": 0.3, "val_loss": 0.5, "probe": {"C": 0.01}}])
+    assert "fitted in one step" in probe["reading"] and "C=0.01" in probe["reading"]

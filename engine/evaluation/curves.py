@@ -21,7 +21,13 @@ def overfitting(metrics: list[dict], patience: int | None = None) -> dict:
     final_gap = gap[-1]
     first_gap = next((g for g in gap if g is not None), None)
     val_acc = [m.get("val_acc") for m in rows]
-    if len(rows) == 1:
+    probe = rows[-1].get("probe") if len(rows) == 1 else None
+    if probe:
+        reading = (f"a linear probe fitted in one step (regularisation C={probe.get('C')} chosen by cross-validation): "
+                   f"no epochs to stop early; training loss {train[-1]:.2f} vs validation {val[-1]:.2f}")
+        if final_gap is not None and final_gap > 0.25:
+            reading += ": stronger regularisation or more data would narrow the gap"
+    elif len(rows) == 1:
         reading = "one epoch only: train longer to see whether validation keeps improving"
     elif since == 0:
         reading = (f"validation was still improving at the last epoch ({last}): more epochs or a higher "
