@@ -420,7 +420,8 @@ def create_model(
         raise UserError("a classifier needs at least two classes")
     if spec.family == "timm":
         backbone = _build_timm(spec, pretrained, image_size)
-        feature_dim = int(getattr(backbone, "num_features"))
+        # pooled features after any pre-logits head (MobileNetV4: 960 channels, then a 1280-wide head)
+        feature_dim = int(getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features"))
         return TransferModel(backbone, feature_dim, num_classes, dropout=dropout, family="timm")
     if spec.family == "efficientnet_lite":
         backbone = _build_lite(spec, pretrained, image_size)
