@@ -100,7 +100,7 @@ def trained_run(shapes_dir):
     from engine.training.runner import train
 
     config = TrainConfig(dataset=str(shapes_dir), backbone="mobilenet_v2", mode="linear",
-                         epochs=15, image_size=64, batch_size=16)
+                         image_size=64, batch_size=16)
     run = new_run("fixture")
     run.write_config(config.to_dict())
     train(config, run)
