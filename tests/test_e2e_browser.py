@@ -114,7 +114,8 @@ def test_train_predict_download_in_browser(server, workspace_home):
             _shot(page, "1-dataset")
 
             _goto(page, "Backbone")
-            assert page.locator("[data-testid='stPlotlyChart']").count() == 1
+            page.get_by_text("Which backbone suits this dataset?").wait_for(timeout=60_000)
+            assert page.get_by_role("button", name="Run sweep").count() == 1  # the probe sweep is offered
             _shot(page, "2-backbone")
 
             _goto(page, "Train")
