@@ -52,7 +52,9 @@ def test_torchrun_two_processes_match_one(shapes_dir, tmp_path):
     m1, m2 = one.metrics(), two.metrics()
     assert [m["epoch"] for m in m2] == [1, 2]  # only rank 0 wrote: no duplicated lines
     for a, b in zip(m1, m2):
-        assert abs(a["train_loss"] - b["train_loss"]) < 0.3, (a, b)
+        # The head starts as the converged probe, so a training batch's loss is dominated by its few
+        # confident mistakes and differs between shardings; accuracy and validation loss are the check.
+        assert abs(a["train_acc"] - b["train_acc"]) <= 0.15, (a, b)
         assert abs(a["val_loss"] - b["val_loss"]) < 0.25, (a, b)
     assert abs(one.evaluation()["accuracy"] - two.evaluation()["accuracy"]) <= 0.34
     assert json.loads((ddp / "eval.json").read_text())["best_epoch"] in (1, 2)
