@@ -90,7 +90,8 @@ def stage_features(dataset: Dataset, split: str, backbone: str, size: int, max_p
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, count=len(feats), labels=labels, **{f"s{i}": x for i, x in enumerate(feats)})
+            arrays: dict[str, np.ndarray] = {f"s{i}": x for i, x in enumerate(feats)}
+            np.savez(f, count=np.array(len(feats)), labels=labels, **arrays)  # type: ignore[arg-type]
     return feats, labels
 
 
