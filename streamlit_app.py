@@ -8,9 +8,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from engine.export.inference import release_idle_models
+from engine.hosting.profile import hosted
+from engine.hosting.workspaces import remove_idle_workspaces
 from engine.runs.jobs import resume_queue
 from engine.runs.view import run_label
-from app.state import current_backbone, current_dataset, current_run
+from app.access import require_access
+from app.sidebar import workspace_panel
+from app.state import current_backbone, current_dataset, current_run, select_workspace, share_param
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 
@@ -24,6 +29,28 @@ def _resume_jobs_once() -> bool:
 
 
 _resume_jobs_once()
+
+
+@st.cache_resource(ttl=3600, show_spinner=False)
+def _remove_idle_workspaces_hourly() -> bool:
+    # Hosted: workspaces past their time-to-live go (never a shared, queued or running run);
+    # `python -m engine cleanup` from cron does the same.
+    if hosted():
+        remove_idle_workspaces()
+    return True
+
+
+_remove_idle_workspaces_hourly()
+release_idle_models()  # models no session has used for TS_MODEL_IDLE_MINUTES
+
+if share_param() is not None:
+    # A share link opens the model demo of one run and nothing else: no gate, no workspace, no sidebar.
+    st.navigation([st.Page("pages/demo.py", title="Model demo", icon=":material/image_search:")],
+                  position="hidden").run()
+    st.stop()
+
+require_access()  # login or password, when an operator configured one
+select_workspace()  # hosted: this visitor's own workspace
 
 PAGES = [
     st.Page("pages/dataset.py", title="Dataset", icon=":material/folder_open:", default=True),
@@ -48,5 +75,6 @@ with st.sidebar:
         st.markdown("**Run:** none yet")
     else:
         st.markdown(f"**Run:** {run_label(run)}")
+    workspace_panel()
 
 page.run()

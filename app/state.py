@@ -1,18 +1,88 @@
-"""State shared by every page: the current dataset, backbone and run.
+"""State shared by every page: the visitor's workspace, the current dataset, backbone and run.
 
 Each lives in ``st.session_state`` and is mirrored in ``st.query_params`` so a
-refresh or a shared link reopens the same dataset and run.
+refresh or a shared link reopens the same dataset and run. On the hosted profile
+the frame calls :func:`select_workspace` first: the visitor's token (``?ws=``) or
+login identity picks their workspace, and every engine path of this session
+(``engine.workspace.workspace_root``) resolves inside it, fragments included.
 """
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from engine.data.builtin import DEFAULT_DATASET
+from engine.hosting.access import login_configured
+from engine.hosting.profile import hosted
+from engine.hosting.sharing import SHARE_PARAM
+from engine.hosting.workspaces import new_token, touch, valid_token, workspace_for_identity, workspace_for_token
 from engine.runs import Run
-from engine.workspace import runs_dir
+from engine.workspace import runs_dir, set_workspace_resolver
 
 __all__ = ["current_dataset", "set_dataset", "current_backbone", "set_backbone", "current_run", "set_run",
-           "pick_run", "DEFAULT_BACKBONE"]
+           "pick_run", "DEFAULT_BACKBONE", "select_workspace", "workspace_token", "share_param", "app_secrets",
+           "WORKSPACE_PARAM", "WORKSPACE_COOKIE"]
+
+WORKSPACE_PARAM = "ws"
+# A proxy in front of the app may keep the token in this cookie (Streamlit itself sets no cookies).
+WORKSPACE_COOKIE = "ts_workspace"
+_WS_KEY, _TOKEN_KEY = "_ts_workspace", "_ts_token"
+
+
+def _session_workspace() -> str | None:
+    """The workspace id of the session whose script (or fragment) runs in this thread, if any."""
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return None
+    return st.session_state.get(_WS_KEY)
+
+
+set_workspace_resolver(_session_workspace)
+
+
+def app_secrets() -> dict:
+    """``.streamlit/secrets.toml`` as a dict ({} when there is none)."""
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # no secrets file: nothing configured
+        return {}
+
+
+def share_param() -> str | None:
+    """The share token of a shared link (``?share=``), unchecked; the demo page checks it."""
+    return st.query_params.get(SHARE_PARAM)
+
+
+def select_workspace() -> str | None:
+    """Hosted profile: this session's workspace id (created on first visit), also kept in the URL.
+
+    The token comes from this session, the URL (``?ws=``) or a proxy's cookie; a logged-in
+    visitor's workspace is their identity's. Local profile: None (the one workspace, as always).
+    """
+    if not hosted():
+        return None
+    if login_configured(app_secrets()) and st.user.is_logged_in:
+        subject = st.user.get("sub") or st.user.get("email") or ""
+        wid = workspace_for_identity(str(st.user.get("iss") or ""), str(subject))
+    else:
+        cookie = st.context.cookies.get(WORKSPACE_COOKIE)
+        token = (st.session_state.get(_TOKEN_KEY) or st.query_params.get(WORKSPACE_PARAM)
+                 or (cookie if isinstance(cookie, str) else None))
+        if not valid_token(token):
+            if token:
+                st.warning("That workspace link is not valid; a new, empty workspace was opened.")
+            token = new_token()
+        st.session_state[_TOKEN_KEY] = token
+        if st.query_params.get(WORKSPACE_PARAM) != token:
+            st.query_params[WORKSPACE_PARAM] = token
+        wid = workspace_for_token(str(token))
+    st.session_state[_WS_KEY] = wid
+    touch(wid)
+    return wid
+
+
+def workspace_token() -> str | None:
+    """The visitor's workspace token (hosted, without login), for the link that reopens the workspace."""
+    return st.session_state.get(_TOKEN_KEY)
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 

@@ -621,14 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_run_job)
+
+    from engine.hosting.commands import add_commands
+
+    add_commands(sub)  # health, limits, cleanup
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from engine.data.images import ImageProblem
 
+    from engine.hosting.commands import enter_workspace
+
     args = build_parser().parse_args(argv)
     try:
+        enter_workspace(args)  # a run directory's own workspace (hosted profile)
         return args.func(args)
     except (UserError, ImageProblem) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,32 +2,124 @@
 
 Everything the product writes goes under one root so a hosted install can put it
 on a volume: ``$TRANSFER_STUDIO_HOME`` or ``./workspace`` beside the code.
+
+That root (:func:`home`) holds what the whole server shares: the job queue, the
+dispatcher's lock, built-in datasets (:func:`shared_datasets_dir`) and supplied
+weights. A visitor's own files (uploads, runs, caches) live under
+:func:`workspace_root`: ``home()`` itself for local use, ``home()/workspaces/<id>``
+on the hosted profile. Which workspace is current is decided, in order, by
+:func:`use_workspace` (this thread or context), the resolver the app registers
+with :func:`set_workspace_resolver` (the Streamlit session), and ``$TS_WORKSPACE``
+(a background process started by :func:`child_env`); with none, ``home()``.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["home", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir", "write_text_atomic",
+__all__ = ["home", "workspace_root", "workspaces_dir", "workspace_id", "use_workspace", "set_workspace_resolver",
+           "workspace_of", "valid_workspace_id", "child_env", "WORKSPACE_ENV", "shared_datasets_dir",
+           "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir", "write_text_atomic",
            "write_json_atomic", "read_json", "file_sha256"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_ENV = "TS_WORKSPACE"
+# A workspace id is a hex digest (never the visitor's token): safe as a folder name and in logs.
+_ID = re.compile(r"[0-9a-f]{16,64}")
+_CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("ts_workspace", default=None)
+_RESOLVER: list[Callable[[], str | None]] = []
 
 
 def home() -> Path:
+    """The server-wide root: job queue, dispatcher lock, built-in datasets, supplied weights."""
     root = Path(os.environ.get("TRANSFER_STUDIO_HOME", _REPO_ROOT / "workspace"))
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
+def valid_workspace_id(text: str | None) -> bool:
+    return bool(text) and _ID.fullmatch(str(text)) is not None
+
+
+def workspaces_dir() -> Path:
+    """Where the visitors' workspaces live on the hosted profile (one folder per workspace id)."""
+    return home() / "workspaces"
+
+
+def workspace_id() -> str | None:
+    """The current workspace's id, or None for the single local workspace (``home()``)."""
+    chosen = _CURRENT.get()  # "": a use_workspace(None) block, the server root on purpose
+    if chosen is None and _RESOLVER:
+        chosen = _RESOLVER[0]()
+    if chosen is None:
+        chosen = os.environ.get(WORKSPACE_ENV)
+    return chosen if valid_workspace_id(chosen) else None
+
+
+def workspace_root() -> Path:
+    """The current visitor's root: uploads, runs and caches go under it."""
+    wid = workspace_id()
+    root = home() if wid is None else workspaces_dir() / wid
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def use_workspace(wid: str | None) -> Iterator[None]:
+    """Make ``wid`` the current workspace in this thread/context for the block (None: the server root)."""
+    if wid is not None and not valid_workspace_id(wid):
+        raise ValueError(f"not a workspace id: {wid!r}")
+    token = _CURRENT.set(wid or "")
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def set_workspace_resolver(resolver: Callable[[], str | None] | None) -> None:
+    """Register how the app finds the current session's workspace id (consulted when no
+    :func:`use_workspace` block is active); None removes it."""
+    _RESOLVER[:] = [resolver] if resolver is not None else []
+
+
+def workspace_of(path: Path | str) -> str | None:
+    """The id of the workspace that holds ``path`` (a run directory, say), or None when it is in none."""
+    try:
+        rel = Path(path).resolve().relative_to(workspaces_dir().resolve())
+    except ValueError:
+        return None
+    return rel.parts[0] if rel.parts and valid_workspace_id(rel.parts[0]) else None
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a background process: ``base`` (default ``os.environ``) with the current
+    workspace, so the process writes where the visitor who started it reads."""
+    env = dict(os.environ if base is None else base)
+    wid = workspace_id()
+    if wid is None:
+        env.pop(WORKSPACE_ENV, None)
+    else:
+        env[WORKSPACE_ENV] = wid
+    return env
+
+
 def _subdir(name: str) -> Path:
-    path = home() / name
+    path = workspace_root() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_datasets_dir() -> Path:
+    """Built-in datasets, built once and read by every workspace."""
+    path = home() / "datasets"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

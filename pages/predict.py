@@ -10,6 +10,7 @@ from engine.errors import UserError
 from engine.evaluation import load_evaluation, threshold_point
 from engine.export.analyse import UNSURE, analyse_images
 from engine.export.inference import get_classifier
+from engine.hosting.sharing import share_run, share_token, share_url, unshare_run
 from engine.runs.view import exported_runs
 from app.state import pick_run
 
@@ -122,3 +123,23 @@ sidecar = run.export_dir / "preprocess.json"
 if sidecar.is_file():
     d2.download_button("Download preprocess.json", sidecar.read_text(), "preprocess.json", "application/json",
                        key="download_preprocess", on_click="ignore")
+
+st.divider()
+st.subheader("Share this model")
+token = share_token(run)
+if token is None:
+    st.caption("A share link opens this run's results and a demo of its model (upload an image or use the "
+               "camera) for anyone who has it, without the rest of your workspace.")
+    if st.button("Create a share link", key="share_create", icon=":material/share:"):
+        try:
+            share_run(run)
+            st.rerun()
+        except UserError as exc:
+            st.error(str(exc))
+else:
+    st.caption("Anyone with this link sees this run's results and can try its model; nothing else of your "
+               "workspace. A shared run is never removed by the idle-workspace clean-up.")
+    st.code(share_url(token, st.context.url), language=None)
+    if st.button("Stop sharing", key="share_stop", icon=":material/link_off:"):
+        unshare_run(run)
+        st.rerun()

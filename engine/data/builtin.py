@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import UserError
-from engine.workspace import atomic_dir, datasets_dir
+from engine.workspace import atomic_dir, shared_datasets_dir
 
 __all__ = ["BuiltinDataset", "BUILTIN_DATASETS", "register_builtin", "materialise", "DEFAULT_DATASET"]
 
@@ -76,7 +76,7 @@ def _fashion_mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         from torchvision.datasets import FashionMNIST
 
-        root = datasets_dir() / ".torchvision"
+        root = shared_datasets_dir() / ".torchvision"
         out = {}
         for split, train in (("train", True), ("test", False)):
             ds = FashionMNIST(root, train=train, download=True)
@@ -214,7 +214,7 @@ def materialise(name: str) -> Path:
     """Folder of the built-in dataset ``name``, building it on first use."""
     if name not in BUILTIN_DATASETS:
         raise UserError(f"unknown built-in dataset '{name}'; choose one of: {', '.join(BUILTIN_DATASETS)}")
-    dest = datasets_dir() / f"builtin-{name}"
+    dest = shared_datasets_dir() / f"builtin-{name}"
     if dest.is_dir():
         return dest
     with atomic_dir(dest) as stage:

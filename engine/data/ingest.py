@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 from engine.data.builtin import BUILTIN_DATASETS
 from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, read_table
+from engine.data.images import IMAGE_SUFFIXES
 from engine.data.zipsafe import check_upload_size, safe_extract
 from engine.errors import UserError
-from engine.workspace import atomic_dir, datasets_dir, file_sha256
+from engine.hosting.limits import check_dataset_upload
+from engine.workspace import atomic_dir, datasets_dir, file_sha256, shared_datasets_dir
 
 __all__ = [
     "data_roots",
@@ -68,7 +71,7 @@ def validate_spec(spec: str | None) -> str:
         real = Path(text).resolve()
     except (OSError, RuntimeError, ValueError):
         raise UserError(f"dataset '{text[:80]}' is not a valid path") from None
-    allowed = [datasets_dir().resolve(), *data_roots()]
+    allowed = [datasets_dir().resolve(), shared_datasets_dir().resolve(), *data_roots()]
     if not any(real != root and real.is_relative_to(root) for root in allowed):
         raise UserError(f"dataset '{text[:80]}' is not a built-in dataset, an upload or under a configured "
                         "data root (TS_DATA_ROOTS); pick one on the Dataset page")
@@ -95,8 +98,20 @@ def ingest_zip(zip_path: Path, name: str | None = None) -> Path:
     check_upload_size(zip_path)
     dest = dataset_folder(Path(name or zip_path.name).stem, zip_path)
     if not dest.is_dir():
+        _check_limits(zip_path)
         safe_extract(zip_path, dest)
     return dest
+
+
+def _check_limits(images_zip: Path) -> None:
+    """Images per dataset and the workspace's disk quota, from the zip's directory, before extracting."""
+    try:
+        with zipfile.ZipFile(images_zip) as archive:
+            infos = [i for i in archive.infolist() if not i.is_dir()]
+    except zipfile.BadZipFile:
+        return  # safe_extract says what is wrong with it
+    images = sum(1 for i in infos if Path(i.filename).suffix.lower() in IMAGE_SUFFIXES)
+    check_dataset_upload(images, sum(i.file_size for i in infos))
 
 
 def ingest_table(table_path: Path, images_zip: Path, name: str | None = None) -> Path:
@@ -118,6 +133,7 @@ def ingest_table(table_path: Path, images_zip: Path, name: str | None = None) ->
     dest = dataset_folder(stem, table_path, images_zip)
     if dest.is_dir():
         return dest
+    _check_limits(images_zip)
     with atomic_dir(dest) as stage:
         safe_extract(images_zip, stage)
         table_name = "labels.parquet" if suffix == ".parquet" else "labels.csv"

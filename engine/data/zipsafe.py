@@ -1,7 +1,6 @@
 """Extracting an untrusted .zip without writing outside its folder or filling the disk."""
 from __future__ import annotations
 
-import os
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -11,17 +10,11 @@ from engine.workspace import atomic_dir
 
 __all__ = ["ZipLimits", "safe_extract", "max_upload_bytes", "check_upload_size"]
 
-DEFAULT_MAX_UPLOAD_MB = 200  # same as server.maxUploadSize in .streamlit/config.toml
-
-
 def max_upload_bytes() -> int:
-    """Engine-side upload limit: ``$TS_MAX_UPLOAD_MB`` (default 200 MB)."""
-    text = os.environ.get("TS_MAX_UPLOAD_MB", "")
-    try:
-        mb = float(text) if text else DEFAULT_MAX_UPLOAD_MB
-    except ValueError:
-        mb = DEFAULT_MAX_UPLOAD_MB
-    return int(mb * 1024**2)
+    """Engine-side upload limit: the ``max_upload_mb`` limit (``$TS_MAX_UPLOAD_MB``, engine.hosting.limits)."""
+    from engine.hosting.limits import limits
+
+    return int(limits().max_upload_mb * 1024**2)
 
 
 def check_upload_size(path: Path) -> None:

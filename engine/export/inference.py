@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
 from engine.errors import UserError
+from engine.hosting.idle_cache import IdleCache
 
-__all__ = ["OnnxClassifier", "get_classifier", "ort_threads", "softmax"]
+__all__ = ["OnnxClassifier", "get_classifier", "release_idle_models", "ort_threads", "softmax"]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -132,17 +132,23 @@ class OnnxClassifier:
         return results
 
 
-_CACHE: dict[tuple[str, float], OnnxClassifier] = {}
-_LOCK = threading.Lock()
+def _idle_s() -> float:
+    from engine.hosting.limits import limits
+
+    return limits().model_idle_minutes * 60
+
+
+# Keyed by the model file (a run's export): one session per run, shared by every session that uses it,
+# released after TS_MODEL_IDLE_MINUTES without use.
+_CACHE: IdleCache[OnnxClassifier] = IdleCache(_idle_s, max_entries=16)
 
 
 def get_classifier(path: Path | str) -> OnnxClassifier:
-    """One shared session per model file (re-created when the file changes)."""
+    """One shared session per model file (re-created when the file changes, released when idle)."""
     path = Path(path).resolve()
-    key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
-    with _LOCK:
-        if key not in _CACHE:
-            for old in [k for k in _CACHE if k[0] == key[0]]:
-                del _CACHE[old]
-            _CACHE[key] = OnnxClassifier(path)
-        return _CACHE[key]
+    return _CACHE.get(str(path), path.stat().st_mtime if path.exists() else 0.0, lambda: OnnxClassifier(path))
+
+
+def release_idle_models() -> int:
+    """Release the models no one has used for the idle time (the app calls this on every page run)."""
+    return _CACHE.release_idle()

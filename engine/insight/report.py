@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.workspace import home, read_json
+from engine.workspace import read_json, workspace_root
 
 __all__ = ["compute_insight", "advice", "format_insight", "insight_folder", "start_insight", "insight_state",
            "load_insight"]
@@ -191,7 +191,7 @@ def format_insight(r: dict) -> str:
 def insight_folder(spec: str, backbone: str) -> Path:
     """Where the insight of this dataset and backbone lives (one per pair; a new one replaces it)."""
     key = hashlib.sha256(f"{spec}|{backbone}".encode()).hexdigest()[:16]
-    return home() / "insight" / key
+    return workspace_root() / "insight" / key
 
 
 def start_insight(spec: str, backbone: str, image_size: int = 64, scratch: bool = True) -> dict:

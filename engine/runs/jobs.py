@@ -61,15 +61,16 @@ def _db() -> sqlite3.Connection:
 
 
 def max_concurrent() -> int:
-    """Jobs at once: TS_MAX_JOBS, else one per GPU, else one on CPU."""
-    if os.environ.get("TS_MAX_JOBS"):
-        return max(1, int(os.environ["TS_MAX_JOBS"]))
+    """Jobs at once: TS_MAX_JOBS, else TS_JOBS_PER_DEVICE per GPU (or on the CPU) (engine.hosting.limits)."""
+    from engine.hosting.limits import jobs_at_once
+
     try:
         import torch
 
-        return max(1, torch.cuda.device_count())
+        devices = torch.cuda.device_count()
     except Exception:
-        return 1
+        devices = 0
+    return jobs_at_once(devices)
 
 
 def submit(run: Run, resume: bool = False) -> int:
@@ -115,9 +116,11 @@ def queue_run(config, label: str | None = None) -> Run:
     run directory exists.
     """
     from engine.data.dataset import load_dataset
+    from engine.hosting.limits import check_can_queue
     from engine.models import get_spec
     from engine.models.registry import weights_available
 
+    check_can_queue(config)  # the hosted ceilings, this workspace's queue and disk quota
     spec = get_spec(config.backbone)
     if config.mode != "scratch":
         ok, source = weights_available(spec)

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.workspace import read_json, write_json_atomic
+from engine.workspace import child_env, read_json, write_json_atomic
 
 __all__ = ["engine_command", "spawn", "pid_alive", "kill_group", "log_tail", "start_task", "task_state",
            "cancel_task", "TASK_FILE", "EXIT_FILE"]
@@ -44,11 +44,14 @@ def engine_command(*argv: str) -> list[str]:
 
 def spawn(command: list[str], log: Path, *, env: dict[str, str] | None = None,
           append: bool = False) -> subprocess.Popen:
-    """Start ``command`` detached in its own session, stdout and stderr to ``log``."""
+    """Start ``command`` detached in its own session, stdout and stderr to ``log``.
+
+    The default environment carries the current workspace (``engine.workspace.child_env``).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a" if append else "w") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env if env is not None else os.environ.copy())
+                                start_new_session=True, env=env if env is not None else child_env())
 
 
 def pid_alive(pid: int | None) -> bool:

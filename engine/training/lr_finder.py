@@ -114,7 +114,7 @@ def lr_find_folder(config: TrainConfig) -> Path:
     """Where the sweep for this setup lives; the same setup reuses its curve."""
     ignored = ("lr", "epochs", "patience", "threads", "compile", "nproc")  # do not change the sweep
     material = json.dumps({k: v for k, v in config.to_dict().items() if k not in ignored}, sort_keys=True, default=str)
-    return workspace.home() / "lr-find" / hashlib.sha256(material.encode()).hexdigest()[:16]
+    return workspace.workspace_root() / "lr-find" / hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def start_lr_find(config: TrainConfig, steps: int = 100) -> tuple[Path, dict]:

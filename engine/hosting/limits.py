@@ -1,0 +1,175 @@
+"""Every limit in one place: one frozen dataclass, read from ``TS_*`` variables or one TOML file.
+
+An operator sets a limit with its environment variable (``TS_MAX_EPOCHS=20``) or in the TOML file
+named by ``$TS_LIMITS_FILE`` (a ``[limits]`` table whose keys are the field names below); a variable
+wins over the file. ``python -m engine limits`` prints the table the README shows. Limits marked
+*hosted* apply only on the hosted profile. Each check raises :class:`UserError` with the limit, the
+variable that sets it and what the visitor can do.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.hosting.profile import hosted
+from engine.workspace import workspace_id, workspace_root
+
+__all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_can_queue", "check_dataset_upload",
+           "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "short_id"]
+
+LIMITS_FILE_ENV = "TS_LIMITS_FILE"
+log = logging.getLogger("transfer_studio.hosting")
+
+
+def _limit(default: float, env: str, help: str, hosted_only: bool = False):
+    return field(default=default, metadata={"env": env, "help": help, "hosted_only": hosted_only})
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_mb: float = _limit(200.0, "TS_MAX_UPLOAD_MB", "largest upload (a dataset .zip or table, a weights "
+                                  "file), MB; keep `server.maxUploadSize` in `.streamlit/config.toml` the same")
+    max_images_per_dataset: int = _limit(50_000, "TS_MAX_IMAGES", "images in one uploaded dataset")
+    jobs_per_device: int = _limit(1, "TS_JOBS_PER_DEVICE", "training jobs at once per GPU (or on the CPU when "
+                                  "there is none); `TS_MAX_JOBS`, when set, is the server's total instead")
+    max_queued_per_workspace: int = _limit(3, "TS_MAX_QUEUED", "training jobs one workspace may have queued or "
+                                           "running", hosted_only=True)
+    max_epochs: int = _limit(30, "TS_MAX_EPOCHS", "epochs of one training run", hosted_only=True)
+    max_image_size: int = _limit(320, "TS_MAX_IMAGE_SIZE", "training image size, px", hosted_only=True)
+    disk_quota_mb: float = _limit(2048.0, "TS_DISK_QUOTA_MB", "disk one workspace may fill (uploads, runs, "
+                                  "caches), MB", hosted_only=True)
+    workspace_ttl_days: float = _limit(14.0, "TS_WORKSPACE_TTL_DAYS", "a workspace unused this long is removed "
+                                       "with its files (never a shared run, nor a queued or running one)",
+                                       hosted_only=True)
+    model_idle_minutes: float = _limit(15.0, "TS_MODEL_IDLE_MINUTES", "a loaded model no session has used this "
+                                       "long is released (GPU memory included)")
+
+
+def _read_file() -> dict:
+    name = os.environ.get(LIMITS_FILE_ENV)
+    if not name:
+        return {}
+    try:
+        data = tomllib.loads(Path(name).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{LIMITS_FILE_ENV}={name}: cannot read it as TOML ({exc})") from None
+    table = data.get("limits", data)
+    known = {f.name for f in fields(Limits)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UserError(f"{name}: unknown limit(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return table
+
+
+def limits() -> Limits:
+    """The limits in force now (read each time: cheap, and a changed variable or file applies at once)."""
+    from_file = _read_file()
+    values: dict = {}
+    for f in fields(Limits):
+        raw = os.environ.get(f.metadata["env"], "").strip() or from_file.get(f.name)
+        if raw is None or raw == "":
+            continue
+        kind = int if isinstance(f.default, int) else float
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise UserError(f"{f.metadata['env']} (limit {f.name}) must be a number, got {raw!r}") from None
+        if value <= 0:
+            raise UserError(f"{f.metadata['env']} (limit {f.name}) must be positive, got {raw!r}")
+        values[f.name] = value
+    return Limits(**values)
+
+
+def limit_rows(current: Limits | None = None) -> list[dict]:
+    """One row per limit: name, variable, default, value now, where it applies, what it bounds."""
+    current = current or limits()
+    return [{"limit": f.name, "variable": f.metadata["env"], "default": f.default,
+             "now": getattr(current, f.name), "applies": "hosted" if f.metadata["hosted_only"] else "always",
+             "help": f.metadata["help"]} for f in fields(Limits)]
+
+
+def short_id(wid: str | None = None) -> str:
+    """The current (or given) workspace as it appears in logs: 8 hex characters of its id, never a token."""
+    wid = wid if wid is not None else workspace_id()
+    return wid[:8] if wid else "local"
+
+
+def jobs_at_once(devices: int) -> int:
+    """Training jobs the dispatcher runs at once: ``TS_MAX_JOBS``, else ``jobs_per_device`` per device."""
+    if os.environ.get("TS_MAX_JOBS"):
+        try:
+            return max(1, int(os.environ["TS_MAX_JOBS"]))
+        except ValueError:
+            raise UserError(f"TS_MAX_JOBS must be a whole number, got {os.environ['TS_MAX_JOBS']!r}") from None
+    return limits().jobs_per_device * max(1, devices)
+
+
+def workspace_usage_bytes(root: Path | None = None) -> int:
+    """Bytes under the workspace root (files only, links not followed)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root or workspace_root()):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass  # removed while we walked
+    return total
+
+
+def check_disk_quota(adding_bytes: int = 0) -> None:
+    """Hosted: refuse when the workspace (plus what is about to be written) is over its quota."""
+    if not hosted() or workspace_id() is None:
+        return
+    quota_mb = limits().disk_quota_mb
+    used = workspace_usage_bytes()
+    if used + adding_bytes > quota_mb * 1024**2:
+        more = f" (plus {adding_bytes / 1024**2:,.0f} MB for this one)" if adding_bytes else ""
+        raise UserError(f"this workspace uses {used / 1024**2:,.0f} MB{more}, over its {quota_mb:,g} MB disk "
+                        "quota (TS_DISK_QUOTA_MB); delete old runs or uploads first")
+
+
+def check_dataset_upload(images: int, unpacked_bytes: int = 0) -> None:
+    """An uploaded dataset of ``images`` images that unpacks to ``unpacked_bytes``: within the limits?"""
+    most = limits().max_images_per_dataset
+    if images > most:
+        raise UserError(f"the upload holds {images:,} images, over the limit of {most:,} per dataset "
+                        "(TS_MAX_IMAGES); upload a sample of it")
+    check_disk_quota(unpacked_bytes)
+
+
+def _active_jobs_here() -> int:
+    """This workspace's runs in the queue or running (by the queue, or by their status)."""
+    from engine.runs import list_runs
+    from engine.runs.jobs import list_jobs
+    from engine.workspace import workspace_of
+
+    wid = workspace_id()
+    active = {str(Path(job["run_dir"]).resolve()) for job in list_jobs()
+              if job["state"] in ("queued", "running") and workspace_of(job["run_dir"]) == wid}
+    active |= {str(run.path.resolve()) for run in list_runs()
+               if run.status().get("state") in ("queued", "running")}
+    return len(active)
+
+
+def check_can_queue(config) -> None:
+    """Before a training run is queued (``engine.runs.jobs.queue_run``): hosted ceilings, this workspace's
+    queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
+    if hosted():
+        cap = limits()
+        if int(config.epochs) > cap.max_epochs:
+            raise UserError(f"{config.epochs} epochs is over this server's ceiling of {cap.max_epochs} "
+                            "(TS_MAX_EPOCHS); choose fewer epochs")
+        if config.image_size is not None and int(config.image_size) > cap.max_image_size:
+            raise UserError(f"image size {config.image_size} px is over this server's ceiling of "
+                            f"{cap.max_image_size} px (TS_MAX_IMAGE_SIZE); choose a smaller size")
+        active = _active_jobs_here()
+        if active >= cap.max_queued_per_workspace:
+            raise UserError(f"this workspace already has {active} training job(s) queued or running, the most "
+                            f"allowed (TS_MAX_QUEUED={cap.max_queued_per_workspace}); wait for one to finish "
+                            "or cancel one on the Runs page")
+        check_disk_quota()
+    log.info("workspace %s queues %s %s on %s", short_id(), config.backbone, config.mode, config.dataset)
