@@ -79,6 +79,6 @@ def shared_run(token: str | None) -> Run:
 
 def share_url(token: str, page_url: str | None) -> str:
     """The link to hand out: the app's address (from the page's URL, its path and query dropped) + the token."""
-    parts = urlsplit(page_url or "")
+    parts = urlsplit(page_url if isinstance(page_url, str) else "")
     base = f"{parts.scheme}://{parts.netloc}/" if parts.scheme and parts.netloc else "/"
     return f"{base}?{SHARE_PARAM}={token}"

@@ -61,8 +61,8 @@ def touch(wid: str, now: float | None = None) -> None:
     now = time.time() if now is None else now
     meta_file = _folder(wid) / META_FILE
     meta = read_json(meta_file, default={}) or {}
-    if now - float(meta.get("last_used", 0)) < _TOUCH_EVERY_S:
-        return
+    if 0 <= now - float(meta.get("last_used", 0)) < _TOUCH_EVERY_S:
+        return  # recorded a moment ago
     write_json_atomic(meta_file, {"created": meta.get("created", now), "last_used": now})
 
 
