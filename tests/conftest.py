@@ -80,6 +80,25 @@ def make_shapes_dataset(root: Path, per_class: int = 16, seed: int = 0, splits: 
     return root
 
 
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+
+
+def open_app(page: str | None = None, timeout: float = 90, **query: str):
+    """The whole app (frame + navigation) as a fresh browser session with ``query`` in its URL, run once;
+    then ``page`` when given (AppTest runs a switched-to page without the frame)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
 @pytest.fixture(scope="session")
 def workspace_home() -> Path:
     return _SESSION_HOME

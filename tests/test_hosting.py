@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import make_shapes_dataset
+from conftest import make_shapes_dataset, open_app
 from engine.cli import main as cli_main
 from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
@@ -25,8 +25,6 @@ from engine.runs.jobs import max_concurrent, queue_run
 from engine.training.config import TrainConfig
 from engine.workspace import child_env, datasets_dir, runs_dir, use_workspace, workspace_root, workspaces_dir
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-TIMEOUT = 90
 DAY = 86400.0
 
 
@@ -40,18 +38,6 @@ def shapes_zip(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes-zip")
     make_shapes_dataset(root / "shapes", per_class=4)
     return Path(shutil.make_archive(str(root / "shapes"), "zip", root / "shapes"))
-
-
-def _open(page: str | None = None, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()
-    assert not at.exception, at.exception
-    if page:
-        at.switch_page(page).run()
-        assert not at.exception, at.exception
-    return at
 
 
 def _run_in(wid: str, label: str, state: str = "done") -> Run:
@@ -71,7 +57,7 @@ def _table_runs(at: AppTest) -> list[str]:
 
 
 def test_two_visitors_never_see_each_others_runs_or_uploads(hosted, shapes_zip):
-    a, b = _open(), _open()
+    a, b = open_app(), open_app()
     token_a, token_b = a.query_params["ws"], b.query_params["ws"]
     assert token_a != token_b and len(token_a) >= 32  # each fresh session draws its own token
     wid_a, wid_b = workspace_for_token(token_a), workspace_for_token(token_b)
@@ -89,31 +75,31 @@ def test_two_visitors_never_see_each_others_runs_or_uploads(hosted, shapes_zip):
     assert _table_runs(b) == [] and any("No runs yet" in i.value for i in b.info)
 
     # B pasting A's run id and upload path into the URL gets neither.
-    nosy = _open(ws=token_b, run=run.id, dataset=str(upload))
+    nosy = open_app(ws=token_b, run=run.id, dataset=str(upload))
     sidebar = "\n".join(m.value for m in nosy.sidebar.markdown)
     assert "none yet" in sidebar and run.id not in sidebar
     assert any("not a built-in dataset, an upload" in w.value for w in nosy.warning)
 
 
 def test_the_same_token_reopens_the_same_workspace(hosted):
-    first = _open()
+    first = open_app()
     token = first.query_params["ws"]
     run = _run_in(workspace_for_token(token), "kept")
     # A new session (refresh, closed tab, restarted server) with the token from the URL.
-    again = _open("pages/runs.py", ws=token)
+    again = open_app("pages/runs.py", ws=token)
     assert again.query_params["ws"] == token
     assert _table_runs(again) == [run.id]
 
 
 def test_a_malformed_token_opens_a_fresh_workspace(hosted):
-    at = _open(ws="../../etc")
+    at = open_app(ws="../../etc")
     assert at.query_params["ws"] != "../../etc"
     assert any("not valid" in w.value for w in at.warning)
 
 
 def test_local_profile_keeps_the_single_workspace(monkeypatch):
     monkeypatch.delenv("TS_PROFILE", raising=False)
-    at = _open()
+    at = open_app()
     assert "ws" not in at.query_params
     assert workspace_root() == Path(os.environ["TRANSFER_STUDIO_HOME"])
 
@@ -173,7 +159,7 @@ def test_images_per_dataset_and_disk_quota_refuse_uploads(hosted, monkeypatch, s
 
 def test_train_page_shows_the_limit_when_hit(hosted, monkeypatch):
     monkeypatch.setenv("TS_MAX_IMAGE_SIZE", "32")
-    at = _open("pages/train.py", dataset="digits")
+    at = open_app("pages/train.py", dataset="digits")
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception, at.exception
     assert any("TS_MAX_IMAGE_SIZE" in e.value and "Cannot start training" in e.value for e in at.error)
@@ -264,7 +250,7 @@ def test_cleanup_command(hosted, capsys):
 
 def test_password_gate(hosted, monkeypatch):
     monkeypatch.setenv("TS_PASSWORD", "correct horse")
-    at = _open()
+    at = open_app()
     assert [t.label for t in at.text_input] == ["Password"] and not at.sidebar.markdown
     assert "ws" not in at.query_params  # no workspace before the gate
     at.text_input(key="access_password").input("wrong").run()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import draw_shape
+from conftest import draw_shape, open_app
 from engine.export.inference import get_classifier
 from engine.hosting.sharing import share_token, unshare_run
 from engine.hosting.workspaces import new_token, remove_idle_workspaces, touch, workspace_for_token
@@ -19,17 +18,6 @@ from engine.runs import Run, new_run
 from engine.training.config import TrainConfig
 from engine.workspace import runs_dir, use_workspace
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-TIMEOUT = 90
-
-
-def _open(**params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def _png(kind: str, seed: int) -> bytes:
@@ -57,14 +45,14 @@ def _all_text(at: AppTest) -> str:
 
 def test_share_link_opens_the_demo_of_that_run_only(owned_run):
     token, run, private = owned_run
-    owner = _open(ws=token)
+    owner = open_app(ws=token)
     owner.switch_page("pages/predict.py").run()
     owner.button(key="share_create").click().run()
     assert not owner.exception, owner.exception
     share = share_token(run)
     assert share and any(f"?share={share}" in c.value for c in owner.code)
 
-    demo = _open(share=share)
+    demo = open_app(share=share)
     assert [t.value for t in demo.title] == ["Model demo"]
     assert "ws" not in demo.query_params and not demo.sidebar.markdown  # no workspace, no navigation
     text = _all_text(demo)
@@ -80,16 +68,16 @@ def test_share_link_opens_the_demo_of_that_run_only(owned_run):
     touch(workspace_for_token(token), now=time.time() - 365 * 86400)
     remove_idle_workspaces()
     assert run.path.is_dir() and not private.path.exists()
-    assert [t.value for t in _open(share=share).title] == ["Model demo"]
+    assert [t.value for t in open_app(share=share).title] == ["Model demo"]
 
     unshare_run(run)
-    withdrawn = _open(share=share)
+    withdrawn = open_app(share=share)
     assert any("not valid or was withdrawn" in e.value for e in withdrawn.error)
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "x" * 32, "", "%2e%2e%2f" * 4])
 def test_a_bad_share_link_says_so_in_one_line(bad, monkeypatch):
     monkeypatch.setenv("TS_PROFILE", "hosted")
-    at = _open(share=bad)
+    at = open_app(share=bad)
     assert [e.value for e in at.error] == ["this share link is not valid or was withdrawn; ask its owner for a new one"]
     assert not at.file_uploader and not at.sidebar.markdown
