@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.export.inference import release_idle_models
+from engine.hosting.audit import configure_logging
 from engine.hosting.profile import hosted
 from engine.hosting.workspaces import remove_idle_workspaces
 from engine.runs.jobs import resume_queue
@@ -23,7 +24,8 @@ st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_trai
 @st.cache_resource(show_spinner=False)
 def _resume_jobs_once() -> bool:
     # Once per server process: a restart marks dead runs interrupted and restarts
-    # the dispatcher for jobs still waiting in the queue.
+    # the dispatcher for jobs still waiting in the queue; who-did-what lines go to the server's log.
+    configure_logging()
     resume_queue()
     return True
 

@@ -13,6 +13,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from engine.data.builtin import DEFAULT_DATASET
 from engine.hosting.access import login_configured
+from engine.hosting.audit import audit
 from engine.hosting.profile import hosted
 from engine.hosting.sharing import SHARE_PARAM
 from engine.hosting.workspaces import new_token, touch, valid_token, workspace_for_identity, workspace_for_token
@@ -71,6 +72,7 @@ def select_workspace() -> str | None:
             if token:
                 st.warning("That workspace link is not valid; a new, empty workspace was opened.")
             token = new_token()
+            audit("new-workspace", workspace_for_token(token))
         st.session_state[_TOKEN_KEY] = token
         if st.query_params.get(WORKSPACE_PARAM) != token:
             st.query_params[WORKSPACE_PARAM] = token

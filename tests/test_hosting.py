@@ -2,6 +2,8 @@
 the password gate, the health check. Sharing and the model demo are in test_hosting_share.py."""
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ from conftest import make_shapes_dataset, open_app
 from engine.cli import main as cli_main
 from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
+from engine.hosting.commands import enter_workspace
 from engine.hosting.idle_cache import IdleCache
 from engine.hosting.limits import check_can_queue, limits
 from engine.hosting.sharing import is_shared, share_run
@@ -102,6 +105,19 @@ def test_local_profile_keeps_the_single_workspace(monkeypatch):
     at = open_app()
     assert "ws" not in at.query_params
     assert workspace_root() == Path(os.environ["TRANSFER_STUDIO_HOME"])
+
+
+def test_logs_say_which_workspace_started_which_job(hosted, caplog, capsys, monkeypatch):
+    wid = workspace_for_token(new_token())
+    with use_workspace(wid), caplog.at_level(logging.INFO, logger="transfer_studio"):
+        check_can_queue(TrainConfig(dataset="digits", mode="linear"))
+    assert f"workspace={wid[:8]} queue backbone=mobilenet_v2 mode=linear" in caplog.text
+    run = _run_in(wid, "logged")
+    monkeypatch.delenv("TS_WORKSPACE", raising=False)
+    enter_workspace(argparse.Namespace(command="run-job", run_dir=str(run.path)))  # what a job does first
+    assert f"run {run.id} started for workspace={wid[:8]}" in capsys.readouterr().err
+    assert os.environ["TS_WORKSPACE"] == wid and runs_dir() == run.path.parent
+    monkeypatch.delenv("TS_WORKSPACE")
 
 
 def test_background_processes_work_in_the_workspace_that_started_them():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from engine.errors import UserError
 
@@ -29,8 +30,8 @@ def enter_workspace(args) -> None:
         os.environ.pop(WORKSPACE_ENV, None)
     else:
         os.environ[WORKSPACE_ENV] = wid
-    if args.command == "run-job":
-        print(f"[job] run {run_dir} started for workspace {short_id(wid)}", file=sys.stderr, flush=True)
+    if args.command == "run-job":  # the first line of the run's log.txt: whose job this is
+        print(f"[job] run {Path(run_dir).name} started for workspace={short_id(wid)}", file=sys.stderr, flush=True)
 
 
 def cmd_health(args) -> int:
@@ -56,7 +57,7 @@ def cmd_limits(args) -> int:
     if args.markdown:
         print("| limit | variable | default | applies | what it bounds |\n|---|---|---|---|---|")
         for r in rows:
-            print(f"| `{r['limit']}` | `{r['variable']}` | {r['default']} | {r['applies']} | {r['help']} |")
+            print(f"| `{r['limit']}` | `{r['variable']}` | {r['default']:g} | {r['applies']} | {r['help']} |")
         return 0
     print(f"profile: {profile()}")
     for r in rows:

@@ -8,7 +8,6 @@ variable that sets it and what the visitor can do.
 """
 from __future__ import annotations
 
-import logging
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -22,7 +21,6 @@ __all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_can_queue
            "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "short_id"]
 
 LIMITS_FILE_ENV = "TS_LIMITS_FILE"
-log = logging.getLogger("transfer_studio.hosting")
 
 
 def _limit(default: float, env: str, help: str, hosted_only: bool = False):
@@ -31,8 +29,9 @@ def _limit(default: float, env: str, help: str, hosted_only: bool = False):
 
 @dataclass(frozen=True)
 class Limits:
-    max_upload_mb: float = _limit(200.0, "TS_MAX_UPLOAD_MB", "largest upload (a dataset .zip or table, a weights "
-                                  "file), MB; keep `server.maxUploadSize` in `.streamlit/config.toml` the same")
+    max_upload_mb: float = _limit(200.0, "TS_MAX_UPLOAD_MB", "largest upload (a dataset .zip or table, a .zip "
+                                  "of images to predict), MB; keep `server.maxUploadSize` in "
+                                  "`.streamlit/config.toml` the same")
     max_images_per_dataset: int = _limit(50_000, "TS_MAX_IMAGES", "images in one uploaded dataset")
     jobs_per_device: int = _limit(1, "TS_JOBS_PER_DEVICE", "training jobs at once per GPU (or on the CPU when "
                                   "there is none); `TS_MAX_JOBS`, when set, is the server's total instead")
@@ -172,4 +171,6 @@ def check_can_queue(config) -> None:
                             f"allowed (TS_MAX_QUEUED={cap.max_queued_per_workspace}); wait for one to finish "
                             "or cancel one on the Runs page")
         check_disk_quota()
-    log.info("workspace %s queues %s %s on %s", short_id(), config.backbone, config.mode, config.dataset)
+    from engine.hosting.audit import audit
+
+    audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from engine.errors import UserError
+from engine.hosting.audit import audit
 from engine.hosting.workspaces import new_token, valid_token
 from engine.runs import Run
 from engine.workspace import home, read_json, workspace_of, write_json_atomic
@@ -51,6 +52,7 @@ def share_run(run: Run) -> str:
         write_json_atomic(run.path / SHARE_FILE, {"token": token, "created": time.time()})
     write_json_atomic(_registry(token), {"run_dir": str(run.path.resolve()), "workspace": workspace_of(run.path),
                                          "created": time.time()})
+    audit("share", workspace_of(run.path), run=run.id)
     return token
 
 
@@ -60,6 +62,7 @@ def unshare_run(run: Run) -> None:
     (run.path / SHARE_FILE).unlink(missing_ok=True)
     if token is not None:
         _registry(token).unlink(missing_ok=True)
+        audit("unshare", workspace_of(run.path), run=run.id)
 
 
 def shared_run(token: str | None) -> Run:

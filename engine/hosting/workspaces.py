@@ -104,6 +104,7 @@ def remove_idle_workspaces(now: float | None = None, ttl_days: float | None = No
     """Remove workspaces unused for ``ttl_days`` (default: the limit) with their files, except their shared
     and queued/running runs, which stay (with the workspace folder around them). One dict per workspace
     touched: ``workspace`` (short id), ``idle_days``, ``removed`` (whole workspace or not), ``kept`` runs."""
+    from engine.hosting.audit import audit
     from engine.hosting.limits import limits, short_id
 
     now = time.time() if now is None else now
@@ -120,6 +121,7 @@ def remove_idle_workspaces(now: float | None = None, ttl_days: float | None = No
         report.append(entry)
         if dry_run:
             continue
+        audit("ttl-remove", wid, idle_days=entry["idle_days"], kept_runs=len(keep))
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
             continue
