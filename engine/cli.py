@@ -87,9 +87,9 @@ def _print_progress():
             print(f"[{stage}] {message}", file=sys.stderr, flush=True)
 
         def on_epoch_end(self, r):
-            print(f"epoch {r['epoch']}: train_loss {r['train_loss']:.4f} train_acc {r['train_acc']:.3f} "
-                  f"val_loss {r['val_loss']:.4f} val_acc {r['val_acc']:.3f} ({r['seconds']:.1f}s)",
-                  file=sys.stderr, flush=True)
+            val = f" val_loss {r['val_loss']:.4f} val_acc {r['val_acc']:.3f}" if "val_loss" in r else ""
+            print(f"epoch {r['epoch']}: train_loss {r['train_loss']:.4f} train_acc {r['train_acc']:.3f}{val} "
+                  f"({r['seconds']:.1f}s)", file=sys.stderr, flush=True)
 
     return PrintProgress()
 

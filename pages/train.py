@@ -211,8 +211,9 @@ def _curves(metrics: list[dict]) -> tuple[go.Figure, go.Figure]:
     frame = pd.DataFrame(metrics)
     figures = []
     for what, title in (("loss", "Loss"), ("acc", "Accuracy")):
-        long = frame.melt(id_vars="epoch", value_vars=[f"train_{what}", f"val_{what}"], var_name="split",
-                          value_name=what)
+        # Validation may skip epochs (val_every), so its column can be missing early in a run.
+        present = [c for c in (f"train_{what}", f"val_{what}") if c in frame]
+        long = frame.melt(id_vars="epoch", value_vars=present, var_name="split", value_name=what).dropna()
         long["split"] = long["split"].str.replace(f"_{what}", "", regex=False)
         fig = px.line(long, x="epoch", y=what, color="split", markers=True, title=title,
                       color_discrete_map={"train": "#2563eb", "val": "#f97316"})

@@ -187,3 +187,25 @@ def test_lr_suggestion_rule_on_a_synthetic_curve():
 def test_linear_probe_has_no_lr_to_find(shapes_dir):
     with pytest.raises(UserError, match="no learning rate"):
         find_lr(_cfg(shapes_dir, mode="linear"), steps=10)
+
+
+def test_validation_every_follows_the_split_sizes():
+    from engine.training.runner import validation_every
+
+    cfg = TrainConfig(dataset="x", mode="full")
+    assert validation_every(cfg, num_train=700, num_val=350) == 1  # validation is cheap: every epoch
+    assert validation_every(cfg, num_train=100, num_val=500) == 5  # few-shot: val/ is 5x train/
+    assert validation_every(TrainConfig(dataset="x", mode="full", val_every=2), 100, 500) == 2
+    with pytest.raises(UserError, match="val_every"):
+        TrainConfig(dataset="x", val_every=0)
+
+
+def test_skipped_validation_epochs_and_the_final_report_agree(shapes_dir):
+    # Validated on epochs 2 and 3 only; the report's validation figures are the best validated epoch's.
+    run = new_run("val-every")
+    report = train(_cfg(shapes_dir, epochs=3, val_every=2, mix="none"), run)
+    metrics = run.metrics()
+    assert [("val_loss" in m) for m in metrics] == [False, True, True]
+    best = min(metrics[1:], key=lambda m: m["val_loss"])
+    assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] == best["epoch"] == report["best_epoch"]
+    assert report["accuracy"] == pytest.approx(best["val_acc"])

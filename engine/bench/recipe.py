@@ -32,17 +32,36 @@ from engine.runs import Run
 from engine.training.config import TrainConfig
 from engine.training.runner import train
 
-__all__ = ["bench_recipe", "reference_finetune", "format_table", "METHODS"]
+__all__ = ["bench_recipe", "reference_finetune", "format_table", "paired_difference", "METHODS"]
 
 METHODS = ("probe", "logreg", "finetune", "reference")
 
 
 def _scores(y_true, y_pred) -> dict:
+    """Headline scores, the accuracy's 95 % interval half-width, and the predictions (for paired comparisons)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
-    return {"accuracy": float((np.asarray(y_true) == np.asarray(y_pred)).mean()),
+    correct = np.asarray(y_true) == np.asarray(y_pred)
+    acc = float(correct.mean())
+    return {"accuracy": acc, "accuracy_ci95": float(1.96 * np.sqrt(acc * (1 - acc) / max(len(correct), 1))),
             "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro"))}
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+            "y_true": [int(v) for v in y_true], "y_pred": [int(v) for v in y_pred]}
+
+
+def paired_difference(a: dict, b: dict) -> tuple[float, float] | None:
+    """``a``'s accuracy minus ``b``'s, in points, and the 95 % half-width of that difference.
+
+    Both were scored on the same images, so the interval comes from the images on which
+    exactly one of them is right (a paired test): far narrower than two separate intervals.
+    None when the two were not scored on the same labels in the same order.
+    """
+    if a["y_true"] != b["y_true"] or not a["y_true"]:
+        return None
+    y = np.asarray(a["y_true"])
+    d = (np.asarray(a["y_pred"]) == y).astype(float) - (np.asarray(b["y_pred"]) == y).astype(float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return 100 * float(d.mean()), 100 * float(half)
 
 
 def reference_finetune(train_images: torch.Tensor, train_labels: torch.Tensor, eval_images: torch.Tensor,
@@ -93,7 +112,7 @@ def _product(data: str, mode: str, size: int, backbone: str, workdir: Path, epoc
     t0 = time.perf_counter()
     report = train(config, run)
     return {"seconds": time.perf_counter() - t0, "epochs": config.epochs,
-            **{k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}}
+            **_scores(report["y_true"], report["y_pred"])}
 
 
 def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2", methods=METHODS,
@@ -138,10 +157,14 @@ def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2
     for product, baseline in (("probe", "logreg"), ("finetune", "reference")):
         if product in by and baseline in by:
             a, b = by[product], by[baseline]
+            paired = paired_difference(a, b)
             ratios[f"{product}/{baseline}"] = {
                 "accuracy_points": round(100 * (a["accuracy"] - b["accuracy"]), 2),
+                "accuracy_points_ci95": round(paired[1], 2) if paired else None,
                 "balanced_accuracy_points": round(100 * (a["balanced_accuracy"] - b["balanced_accuracy"]), 2),
                 "time_ratio": round(a["seconds"] / b["seconds"], 2) if b["seconds"] else None}
+    for r in rows:  # the predictions served the paired intervals; the report keeps the scores
+        r.pop("y_true"), r.pop("y_pred")
     counts = dataset.usable.groupby("split").size().to_dict()
     return {"dataset": data, "image_size": image_size, "backbone": backbone, "evaluated_on": held_out,
             "images": {k: int(v) for k, v in counts.items()}, "classes": len(classes), "rows": rows,
@@ -150,16 +173,19 @@ def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2
 
 def format_table(results: list[dict]) -> str:
     """A markdown table: one row per dataset and method, then the comparisons."""
-    lines = ["| dataset | method | accuracy | balanced acc. | macro-F1 | wall s |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | accuracy (± 95 %) | balanced acc. | macro-F1 | wall s |",
+             "|---|---|---|---|---|---|"]
     for res in results:
         for r in res["rows"]:
-            lines.append(f"| {res['dataset']} | {r['method']} | {100 * r['accuracy']:.1f} % | "
-                         f"{100 * r['balanced_accuracy']:.1f} % | {r['macro_f1']:.3f} | {r['seconds']:.1f} |")
-    lines += ["", "| dataset | comparison | Δ accuracy (points) | Δ balanced acc. (points) | time ratio |",
-              "|---|---|---|---|---|"]
+            lines.append(f"| {res['dataset']} | {r['method']} | {100 * r['accuracy']:.1f} ± "
+                         f"{100 * r['accuracy_ci95']:.1f} % | {100 * r['balanced_accuracy']:.1f} % | "
+                         f"{r['macro_f1']:.3f} | {r['seconds']:.1f} |")
+    lines += ["", "| dataset | comparison | Δ accuracy, points (paired ± 95 %) | Δ balanced acc. (points) "
+              "| time ratio |", "|---|---|---|---|---|"]
     for res in results:
         for name, c in res["comparisons"].items():
-            lines.append(f"| {res['dataset']} | {name} | {c['accuracy_points']:+.2f} | "
+            ci = f" ± {c['accuracy_points_ci95']:.2f}" if c.get("accuracy_points_ci95") is not None else ""
+            lines.append(f"| {res['dataset']} | {name} | {c['accuracy_points']:+.2f}{ci} | "
                          f"{c['balanced_accuracy_points']:+.2f} | {c['time_ratio']} |")
     return "\n".join(lines)
 

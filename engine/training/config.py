@@ -61,6 +61,10 @@ class TrainConfig:
     freeze_norm: bool = _opt(True, "fine-tunes keep the pretrained batch-norm statistics (their weights "
                              "still train); scratch mode never does")
     # The last two trade accuracy for minority-class recall; eval.json shows both metrics either way.
+    # Validating costs a forward pass over val/ per epoch; when val/ is larger than train/ (few-shot
+    # data) that costs more than the training itself, and a cosine schedule ends on its best epoch anyway.
+    val_every: int | None = _opt(None, "validate every N epochs, and always after the last (default: auto, "
+                                 "so that validation costs at most about a third of training)")
     balance: str = _opt("none", "class imbalance: none (plain loss) | weights (inverse-frequency loss weights) "
                         "| sampler (draw images inversely to their class frequency)", BALANCE_MODES)
 
@@ -77,6 +81,8 @@ class TrainConfig:
             raise UserError(f"learning rate must be positive and below 10, got {self.lr}")
         if self.batch_size < 1:
             raise UserError("batch size must be at least 1")
+        if self.val_every is not None and self.val_every < 1:
+            raise UserError(f"val_every must be at least 1, got {self.val_every}")
         if self.image_size is not None and not 16 <= self.image_size <= 1024:
             raise UserError(f"image size must be between 16 and 1024 px, got {self.image_size}")
         from engine.training.augment import AUGMENT_PRESETS

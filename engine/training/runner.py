@@ -31,7 +31,7 @@ from engine.training.probe import fit_probe
 from engine.training.state import EarlyStopping, TrainingState
 
 __all__ = ["train", "resume", "load_checkpoint_model", "prepare", "Prepared", "fit_head", "probe_features",
-           "CHECKPOINT_FORMAT"]
+           "validation_every", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -293,6 +293,14 @@ def _truncate_metrics(run: Run, last_epoch: int) -> None:
     tmp.replace(run.metrics_file)
 
 
+def validation_every(config: TrainConfig, num_train: int, num_val: int) -> int:
+    """Epochs between validation passes: ``config.val_every``, else as many as keep validation's
+    cost (a forward pass, about a third of a training step per image) under a third of training's."""
+    if config.val_every:
+        return int(config.val_every)
+    return max(1, math.ceil(num_val / max(num_train, 1)))
+
+
 def fit_head(p: Prepared, cb: Callback) -> dict:
     """Fit the head as the converged linear probe on frozen, un-augmented features.
 
@@ -407,6 +415,8 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
         fit_head(p, cb)
     open_stages = trainable_stages(model, config.mode, config.unfreeze_stages, start_epoch - 1, config.gradual_every)
     net = _wrap(model, config, setup, dist_ctx)
+    every = validation_every(config, len(p.y_train), len(p.y_val))
+    best_val: tuple[int, dict] | None = None  # the best epoch's validation result, reused by the final report
     cb.on_stage("train", f"{config.mode} training for {config.epochs} epochs")
     cb.on_train_start()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -423,17 +433,21 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                                 aug_generator=aug_generator, scaler=scaler, callback=cb, mix=mix,
                                 dist_ctx=dist_ctx if dist_ctx.enabled else None, sample_weights=p.sample_weights,
                                 freeze_norm=config.freeze_norm and config.mode != "scratch")
-        val = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size,
-                       mean=spec.mean, std=spec.std)
+        val = None
+        if epoch % every == 0 or epoch == config.epochs:
+            val = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size,
+                           mean=spec.mean, std=spec.std)
         seconds = time.time() - t0
-        record = {"epoch": epoch, **stats, "val_loss": val["val_loss"], "val_acc": val["val_acc"],
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+        record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                   "images_per_s": round(len(p.y_train) / seconds, 1) if seconds > 0 else None}
+        if val is not None:
+            record.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
         if config.mode == "gradual":
             record["open_stages"] = open_stages
         state.epoch = epoch
-        if state.early.update(val["val_loss"]):
+        if val is not None and state.early.update(val["val_loss"]):
             record["best"] = True
+            best_val = (epoch, val)
             if dist_ctx.is_main:
                 _save_checkpoint(run.best_checkpoint, model, config, classes, epoch)
         if dist_ctx.is_main:
@@ -454,6 +468,11 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
     model.load_state_dict(blob["state_dict"])
     images = {"val": p.images_val, "test": p.images_test}
     labels = {"val": p.y_val, "test": p.y_test}
-    return _final_report(p, run, cb, dist_ctx, best_epoch=blob["epoch"], evaluate_split=lambda split: evaluate(
-        model, images[split], labels[split], setup=setup, batch_size=config.batch_size, mean=spec.mean,
-        std=spec.std))
+    # The best epoch's validation pass was run on exactly these weights: no need to repeat it.
+    known = {"val": best_val[1]} if best_val is not None and best_val[0] == blob["epoch"] else {}
+
+    def evaluate_split(split: str) -> dict:
+        return known.get(split) or evaluate(model, images[split], labels[split], setup=setup,
+                                            batch_size=config.batch_size, mean=spec.mean, std=spec.std)
+
+    return _final_report(p, run, cb, dist_ctx, best_epoch=blob["epoch"], evaluate_split=evaluate_split)

@@ -1,0 +1,35 @@
+"""The recipe benchmark: every method scored on the same held-out images, compared pairwise."""
+from __future__ import annotations
+
+import pytest
+
+from engine.bench.recipe import METHODS, bench_recipe, format_table, paired_difference
+
+
+def test_paired_difference_counts_only_the_images_where_the_two_disagree():
+    y = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    a = {"y_true": y, "y_pred": y}  # all right
+    b = {"y_true": y, "y_pred": [1 - v for v in y[:2]] + y[2:]}  # wrong on two images
+    diff, half = paired_difference(a, b)
+    assert diff == pytest.approx(20.0)
+    assert 0 < half < 40
+    assert paired_difference(a, a) == (0.0, 0.0)
+    assert paired_difference(a, {"y_true": y[::-1], "y_pred": y}) is None  # not the same images
+
+
+@pytest.mark.slow
+def test_bench_recipe_compares_every_method_on_the_same_images(shapes_dir):
+    result = bench_recipe(str(shapes_dir), image_size=32, methods=METHODS, epochs=1, progress=lambda m: None)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == set(METHODS)
+    for r in rows.values():
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_ci95"] <= 1 and r["seconds"] > 0
+        assert "y_pred" not in r
+    for name in ("probe/logreg", "finetune/reference"):
+        c = result["comparisons"][name]
+        product, baseline = name.split("/")
+        assert c["accuracy_points"] == pytest.approx(100 * (rows[product]["accuracy"] - rows[baseline]["accuracy"]),
+                                                     abs=0.01)
+        assert c["accuracy_points_ci95"] is not None  # the paired interval: both scored the same images
+    table = format_table([result])
+    assert "probe/logreg" in table and "±" in table
