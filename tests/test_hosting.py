@@ -221,6 +221,13 @@ def test_idle_models_are_released():
     assert cache.release_idle() == 2 and len(cache) == 0
 
 
+def test_visitors_cannot_change_the_shared_weights(hosted, tmp_path):
+    from engine.models.supplied import install_weights
+
+    with use_workspace(workspace_for_token(new_token())), pytest.raises(UserError, match="only its operator"):
+        install_weights("resnet18", tmp_path / "resnet18.pth")
+
+
 # -------------------------------------------------------------- TTL
 
 

@@ -130,8 +130,10 @@ def install_weights(name: str, source: Path | str) -> Path:
     """Check ``source`` against ``name``'s architecture and store it as ``weights_dir()/<name>.safetensors``."""
     from safetensors.torch import save_file
 
+    from engine.hosting.access import require_operator
     from engine.models.registry import get_spec
 
+    require_operator("add backbone weights, which every workspace shares")
     get_spec(name)
     state = read_state_dict(source)
     check_state_dict(name, state)
