@@ -5,6 +5,7 @@ import streamlit as st
 
 from engine.hosting.limits import limit_rows, limits, short_id, workspace_usage_bytes
 from engine.hosting.profile import hosted
+from engine.hosting.sharing import app_link
 from engine.workspace import workspace_id
 from app.state import WORKSPACE_PARAM, workspace_token
 
@@ -27,7 +28,7 @@ def workspace_panel() -> None:
         if token:
             st.caption("Bookmark this page: its address reopens your workspace after a refresh, a closed tab or "
                        "a server restart. Anyone holding it can see your workspace, so keep it to yourself.")
-            st.code(f"?{WORKSPACE_PARAM}={token}", language=None)
+            st.code(app_link(st.context.url, WORKSPACE_PARAM, token), language=None)
         cap = limits()
         used = _usage_mb(wid)
         st.progress(min(1.0, used / cap.disk_quota_mb),

@@ -63,6 +63,7 @@ def test_two_visitors_never_see_each_others_runs_or_uploads(hosted, shapes_zip):
     a, b = open_app(), open_app()
     token_a, token_b = a.query_params["ws"], b.query_params["ws"]
     assert token_a != token_b and len(token_a) >= 32  # each fresh session draws its own token
+    assert any(c.value.endswith(f"?ws={token_a}") for c in a.sidebar.code)  # the link that reopens it
     wid_a, wid_b = workspace_for_token(token_a), workspace_for_token(token_b)
     run = _run_in(wid_a, "visitor-a")
     with use_workspace(wid_a):
@@ -179,6 +180,15 @@ def test_train_page_shows_the_limit_when_hit(hosted, monkeypatch):
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception, at.exception
     assert any("TS_MAX_IMAGE_SIZE" in e.value and "Cannot start training" in e.value for e in at.error)
+
+
+def test_dataset_page_shows_the_image_limit_when_hit(hosted, monkeypatch, shapes_zip):
+    monkeypatch.setenv("TS_MAX_IMAGES", "5")
+    at = open_app("pages/dataset.py", dataset="digits")
+    at.file_uploader(key="zip_upload").set_value(("shapes.zip", shapes_zip.read_bytes(), "application/zip")).run()
+    at.button(key="use_zip").click().run()
+    assert not at.exception, at.exception
+    assert any("over the limit of 5 per dataset (TS_MAX_IMAGES)" in e.value for e in at.error)
 
 
 def test_limits_come_from_one_file_and_the_environment_wins(monkeypatch, tmp_path):

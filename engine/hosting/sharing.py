@@ -19,8 +19,8 @@ from engine.hosting.workspaces import new_token, valid_token
 from engine.runs import Run
 from engine.workspace import home, read_json, workspace_of, write_json_atomic
 
-__all__ = ["share_run", "unshare_run", "share_token", "is_shared", "shared_run", "share_url", "SHARE_PARAM",
-           "SHARE_FILE"]
+__all__ = ["share_run", "unshare_run", "share_token", "is_shared", "shared_run", "share_url", "app_link",
+           "SHARE_PARAM", "SHARE_FILE"]
 
 SHARE_PARAM = "share"
 SHARE_FILE = "share.json"
@@ -80,8 +80,14 @@ def shared_run(token: str | None) -> Run:
     return run
 
 
-def share_url(token: str, page_url: str | None) -> str:
-    """The link to hand out: the app's address (from the page's URL, its path and query dropped) + the token."""
+def app_link(page_url: str | None, param: str, token: str) -> str:
+    """A link into this app with one query parameter: the app's address (from the page's URL, its path and
+    query dropped; a relative link when unknown) + ``?param=token``."""
     parts = urlsplit(page_url if isinstance(page_url, str) else "")
     base = f"{parts.scheme}://{parts.netloc}/" if parts.scheme and parts.netloc else "/"
-    return f"{base}?{SHARE_PARAM}={token}"
+    return f"{base}?{param}={token}"
+
+
+def share_url(token: str, page_url: str | None) -> str:
+    """The link to hand out for a shared run."""
+    return app_link(page_url, SHARE_PARAM, token)
