@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,17 @@ def pytest_sessionfinish(session, exitstatus):
         except (ValueError, ProcessLookupError, PermissionError):
             pass
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float = 180, poll: float = 0.2):
+    """``predicate()``'s first truthy value, polled every ``poll`` s; AssertionError after ``timeout`` s."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError("timed out waiting")
 
 
 def draw_shape(kind: str, rng: np.random.Generator, size: int = 48) -> Image.Image:

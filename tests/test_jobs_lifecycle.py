@@ -15,7 +15,7 @@ from engine.runs import TERMINAL_STATES, new_run
 from engine.runs.tasks import pid_alive
 from engine.training.config import TrainConfig
 from engine.workspace import home
-from conftest import make_shapes_dataset
+from conftest import make_shapes_dataset, wait_for as _wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -26,16 +26,6 @@ def _queued_run(data, label, **kw):
     run = new_run(label)
     run.write_config(config.to_dict())
     return run
-
-
-def _wait(predicate, timeout=180, poll=0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError("timed out waiting")
 
 
 def _job_pid(run):

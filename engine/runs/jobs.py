@@ -10,6 +10,11 @@ time, and exits when the queue is empty. Only one dispatcher runs at once
 A run whose config asks for ``nproc > 1`` starts through torchrun (one process per
 GPU, DistributedDataParallel) and takes ``nproc`` of the concurrency slots. A run
 asked to stop that has not stopped within ``CANCEL_GRACE_S`` is terminated.
+
+Where a job runs is its executor's business (:mod:`engine.runs.executors`): a
+process on this machine (``local``, the default) or a detached actor on a Ray
+cluster (``TS_EXECUTOR=ray``). Each row records the executor it was queued for and
+what finds the job again after a restart (a pid, a Ray actor's name).
 """
 from __future__ import annotations
 
@@ -17,14 +22,15 @@ import fcntl
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.runs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExecutor, executor_name, job_command,
+                                   open_executor)
 from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
-from engine.runs.tasks import engine_command, kill_group, log_tail, pid_alive, spawn
+from engine.runs.tasks import engine_command, log_tail, pid_alive, spawn
 from engine.workspace import home
 
 __all__ = ["queue_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
@@ -42,8 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER
 )
 """
-CANCEL_GRACE_S = 15.0
-_COLUMNS = {"resume": "INTEGER NOT NULL DEFAULT 0", "nproc": "INTEGER NOT NULL DEFAULT 1"}
+_COLUMNS = {"resume": "INTEGER NOT NULL DEFAULT 0", "nproc": "INTEGER NOT NULL DEFAULT 1",
+            "executor": "TEXT NOT NULL DEFAULT 'local'", "ref": "TEXT"}
 
 
 def _db() -> sqlite3.Connection:
@@ -79,6 +85,7 @@ def submit(run: Run, resume: bool = False) -> int:
     ``resume=True`` continues the run from its last.pt (after an interruption).
     """
     config = run.config()  # raises UserError when the folder is not a run
+    executor = executor_name()  # raises UserError for an unknown TS_EXECUTOR
     if resume and not run.last_checkpoint.is_file():
         raise UserError(f"run '{run.id}' has no last.pt checkpoint to resume from; start it again instead")
     run_dir = str(run.path.resolve())
@@ -95,8 +102,9 @@ def submit(run: Run, resume: bool = False) -> int:
                               **({} if resume else {"progress": 0.0}))
             # A resubmitted run goes to the back of the queue: a fresh row, a fresh id.
             db.execute("DELETE FROM jobs WHERE run_dir=?", (run_dir,))
-            cur = db.execute("INSERT INTO jobs (run_dir, state, created, resume, nproc) VALUES (?, 'queued', ?, ?, ?)",
-                             (run_dir, time.time(), int(resume), max(1, int(config.get("nproc") or 1))))
+            cur = db.execute("INSERT INTO jobs (run_dir, state, created, resume, nproc, executor) "
+                             "VALUES (?, 'queued', ?, ?, ?, ?)",
+                             (run_dir, time.time(), int(resume), max(1, int(config.get("nproc") or 1)), executor))
             job_id = int(cur.lastrowid or 0)
             db.execute("COMMIT")
         except BaseException:
@@ -162,11 +170,28 @@ def cancel(run: Run) -> None:
 
 
 def recover_interrupted() -> list[str]:
-    """Runs marked running whose process is gone (server restart, kill): mark them interrupted."""
-    marked = []
+    """Runs marked running whose process is gone (server restart, kill): mark them interrupted.
+
+    Only local jobs are checked here; jobs on Ray are the dispatcher's to check (it connects to Ray).
+    """
+    marked, _ = _recover({"local": LocalExecutor(max_concurrent)})
+    return marked
+
+
+def _recover(executors: dict[str, Executor]) -> tuple[list[str], dict[int, tuple[JobHandle, str, int, str]]]:
+    """Check every running job with its executor: found again (adopted) or gone (marked interrupted).
+
+    Jobs whose executor is not in ``executors`` are left as they are.
+    """
+    marked, adopted = [], {}
     with closing(_db()) as db:
-        for job_id, run_dir, pid in db.execute("SELECT id, run_dir, pid FROM jobs WHERE state='running'").fetchall():
-            if pid_alive(pid):
+        rows = db.execute("SELECT id, run_dir, pid, ref, executor, nproc FROM jobs WHERE state='running'").fetchall()
+        for job_id, run_dir, pid, ref, name, nproc in rows:
+            if name not in executors:
+                continue
+            handle = executors[name].recover(run_dir, pid, ref)
+            if handle is not None:
+                adopted[job_id] = (handle, run_dir, max(1, nproc or 1), name)
                 continue
             db.execute("UPDATE jobs SET state='finished', finished=? WHERE id=?", (time.time(), job_id))
             run = Run(run_dir)
@@ -175,14 +200,15 @@ def recover_interrupted() -> list[str]:
                                   error="the worker stopped (server restart or killed); "
                                         "resume from the last checkpoint")
             marked.append(run_dir)
-    return marked
+    return marked, adopted
 
 
 def resume_queue() -> None:
-    """On app start: mark dead runs interrupted and restart a dispatcher for waiting jobs."""
+    """On app start: mark dead runs interrupted and restart a dispatcher for waiting jobs (and Ray's running ones)."""
     recover_interrupted()
     with closing(_db()) as db:
-        waiting = db.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone()
+        waiting = db.execute("SELECT 1 FROM jobs WHERE state='queued' OR (state='running' AND executor!='local') "
+                             "LIMIT 1").fetchone()
     if waiting:
         ensure_dispatcher()
 
@@ -219,26 +245,21 @@ def _spawn_dispatcher(wait_for_lock: float = 0.0) -> None:
     spawn(engine_command("worker", "--wait-lock", str(wait_for_lock)), home() / "dispatcher.log", append=True)
 
 
-def job_command(run_dir: str, resume: bool = False, nproc: int = 1) -> list[str]:
-    """The worker command line: one process, or torchrun with ``nproc`` of them."""
-    args = ["run-job", run_dir, *(["--resume"] if resume else [])]
-    if nproc > 1:
-        from engine.training.distributed import torchrun_command
-
-        return torchrun_command(nproc, args)
-    return engine_command(*args)
+def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, executor: Executor, resume: bool = False,
+               nproc: int = 1) -> JobHandle:
+    handle = executor.start(run_dir, resume, nproc)
+    db.execute("UPDATE jobs SET state='running', pid=?, ref=?, started=? WHERE id=?",
+               (handle.pid, handle.ref, time.time(), job_id))
+    return handle
 
 
-def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, threads: int, resume: bool = False,
-               nproc: int = 1) -> subprocess.Popen:
-    env = os.environ.copy()
-    env.setdefault("OMP_NUM_THREADS", str(max(1, threads // nproc)))
-    proc = spawn(job_command(run_dir, resume, nproc), Run(run_dir).log_file, env=env, append=True)
-    db.execute("UPDATE jobs SET state='running', pid=?, started=? WHERE id=?", (proc.pid, time.time(), job_id))
-    return proc
+def _fail_unstarted(job_id: int, run_dir: str, error: str, db: sqlite3.Connection) -> None:
+    """A queued job whose executor cannot be used here (Ray missing or unreachable): failed, in one line."""
+    db.execute("UPDATE jobs SET state='finished', finished=? WHERE id=?", (time.time(), job_id))
+    Run(run_dir).update_status(state="failed", stage="failed", error=error, finished_at=time.time())
 
 
-def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection) -> None:
+def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection, failure: str | None = None) -> None:
     db.execute("UPDATE jobs SET state='finished', finished=?, exit_code=? WHERE id=?", (time.time(), code, job_id))
     run = Run(run_dir)
     status = run.status()
@@ -246,22 +267,13 @@ def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection) ->
         run.update_status(state="cancelled", stage="cancelled", message="cancelled by user (stopped)",
                           finished_at=time.time())
     elif status.get("state") not in TERMINAL_STATES:
-        # The process died without saying why (killed, segfault, out of memory).
-        reason = {-signal.SIGKILL: "the worker was killed (often: out of memory)",
-                  -signal.SIGTERM: "the worker was terminated"}.get(code, f"the worker exited with code {code}")
+        # The process died without saying why (killed, segfault, out of memory), or its executor lost it.
+        reason = failure or {-signal.SIGKILL: "the worker was killed (often: out of memory)",
+                             -signal.SIGTERM: "the worker was terminated"}.get(code,
+                                                                               f"the worker exited with code {code}")
         tail = log_tail(run.log_file)
         run.update_status(state="failed", stage="failed", error=f"{reason}{': ' + tail if tail else ''}",
                           finished_at=time.time())
-
-
-def _enforce_cancel(proc: subprocess.Popen, run: Run) -> None:
-    """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is ended."""
-    try:
-        asked = float(run.cancel_file.read_text() or 0)
-    except (OSError, ValueError):
-        return
-    if time.time() - asked > CANCEL_GRACE_S:
-        kill_group(proc.pid)  # the job runs in its own session
 
 
 def _acquire(lock, wait_s: float) -> bool:
@@ -284,30 +296,31 @@ def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_loc
         return
     _pid_path().write_text(str(os.getpid()))
     print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: started", flush=True)
-    recover_interrupted()
-    running: dict[int, tuple[subprocess.Popen, str, int]] = {}
+    executors = _Executors()
+    running = _recover(executors.recoverable())[1]
     idle_since = time.time()
-    limit = max_concurrent()
-    threads = max(1, (os.cpu_count() or 1) // limit)
     with closing(_db()) as db:
         while True:
-            for job_id, (proc, run_dir, _) in list(running.items()):
-                code = proc.poll()
+            for job_id, (handle, run_dir, _, _) in list(running.items()):
+                code = handle.poll()  # also ends a run whose cancel is past its grace period
                 if code is not None:
-                    _finish_job(job_id, run_dir, code, db)
+                    _finish_job(job_id, run_dir, code, db, handle.failure)
                     del running[job_id]
-                else:
-                    _enforce_cancel(proc, Run(run_dir))
             while True:
-                row = db.execute("SELECT id, run_dir, resume, nproc FROM jobs WHERE state='queued' "
+                row = db.execute("SELECT id, run_dir, resume, nproc, executor FROM jobs WHERE state='queued' "
                                  "ORDER BY id LIMIT 1").fetchone()
                 if row is None:
                     break
-                used = sum(n for _, _, n in running.values())
-                nproc = max(1, row[3] or 1)
-                if running and used + nproc > limit:
+                job_id, run_dir, resume, nproc, name = row[0], row[1], bool(row[2]), max(1, row[3] or 1), row[4]
+                try:
+                    executor = executors.get(name)
+                except UserError as exc:
+                    _fail_unstarted(job_id, run_dir, str(exc), db)
+                    continue
+                mine = [n for _, _, n, e in running.values() if e == name]
+                if mine and sum(mine) + nproc > executor.capacity():
                     break  # a job wider than the limit still runs, alone
-                running[row[0]] = (_start_job(row[0], row[1], db, threads, bool(row[2]), nproc), row[1], nproc)
+                running[job_id] = (_start_job(job_id, run_dir, db, executor, resume, nproc), run_dir, nproc, name)
             if running:
                 idle_since = time.time()
             elif time.time() - idle_since > idle_exit_s:
@@ -322,3 +335,44 @@ def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_loc
                     return  # a new dispatcher took over
                 idle_since = time.time()
             time.sleep(poll_s)
+
+
+class _Executors:
+    """The dispatcher's executors, opened on first use (connecting to Ray only when a job is queued for it)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Executor] = {}
+
+    def get(self, name: str) -> Executor:
+        if name not in self._open:
+            self._open[name] = open_executor(name, max_concurrent)
+        return self._open[name]
+
+    def recoverable(self) -> dict[str, Executor]:
+        """An executor for every kind of job now running (one that cannot be opened here finds none of them)."""
+        with closing(_db()) as db:
+            names = {n for (n,) in db.execute("SELECT DISTINCT executor FROM jobs WHERE state='running'")}
+        found: dict[str, Executor] = {}
+        for name in sorted(names):
+            try:
+                found[name] = self.get(name)
+            except UserError as exc:  # its jobs cannot be found again: they are marked interrupted
+                print(f"{time.strftime('%H:%M:%S')} dispatcher: {exc}", flush=True)
+                found[name] = _Unreachable(name, str(exc))
+        return found
+
+
+class _Unreachable:
+    """An executor that cannot be opened here: none of its jobs can be found again, none can start."""
+
+    def __init__(self, name: str, error: str) -> None:
+        self.name, self.error = name, error
+
+    def capacity(self) -> int:
+        return 0
+
+    def start(self, run_dir: str, resume: bool, nproc: int) -> JobHandle:
+        raise UserError(self.error)
+
+    def recover(self, run_dir: str, pid: int | None, ref: str | None) -> JobHandle | None:
+        return None
