@@ -20,13 +20,13 @@ import ray  # noqa: E402  (no importorskip: `make test` installs it, a missing r
 
 from engine.runs import TERMINAL_STATES, new_run  # noqa: E402
 from engine.runs import jobs  # noqa: E402
-from engine.runs.ray_executor import RAY_NAMESPACE  # noqa: E402
-from engine.runs.tasks import pid_alive  # noqa: E402
+from engine.runs.ray_executor import RAY_NAMESPACE, job_resources  # noqa: E402
+from engine.runs.tasks import kill_group, pid_alive  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
 from engine.workspace import home  # noqa: E402
 from conftest import wait_for as _wait  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def _dispatcher_pid():
@@ -50,6 +50,10 @@ def ray_cluster():
         pid = _dispatcher_pid()
         if pid:
             os.killpg(pid, signal.SIGTERM)
+        for job in jobs.list_jobs():  # a test that failed mid-run leaves no training process behind
+            if job["state"] == "running" and job["ref"] and _actor_alive(job["ref"]):
+                actor = ray.get_actor(job["ref"], namespace=RAY_NAMESPACE)
+                kill_group(ray.get(actor.pid.remote(), timeout=10), signal.SIGKILL)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -83,6 +87,7 @@ def _training(run):
     return status.get("state") == "running" and status.get("stage") == "train" and len(run.metrics()) >= 1
 
 
+@pytest.mark.slow  # worker processes
 def test_a_bad_executor_setting_is_one_clear_line(monkeypatch):
     from engine.errors import UserError
 
@@ -100,6 +105,14 @@ def test_a_bad_executor_setting_is_one_clear_line(monkeypatch):
     assert _row(run)["state"] == "finished"
 
 
+def test_each_job_asks_ray_for_a_gpu_per_process():
+    gpu_run = TrainConfig(dataset="digits", nproc=2).to_dict()
+    assert job_resources(gpu_run, 2, cluster_gpus=8) == (2, 2)  # torchrun inside one actor: both GPUs on its node
+    assert job_resources(gpu_run, 2, cluster_gpus=0) == (2, 0)  # a CPU-only cluster: gloo, a CPU per process
+    assert job_resources(TrainConfig(dataset="digits", device="cpu", threads=4).to_dict(), 1, 8) == (4, 0)
+
+
+@pytest.mark.slow  # worker processes
 def test_a_job_runs_on_ray_to_the_end_and_a_cancel_stops_another(ray_cluster):
     long = _queued_run("ray-cancel", mode="full", epochs=30)
     quick = _queued_run("ray-probe")
@@ -130,6 +143,7 @@ def test_a_job_runs_on_ray_to_the_end_and_a_cancel_stops_another(ray_cluster):
     _wait(lambda: not _actor_alive(row["ref"]) and not _actor_alive(_row(quick)["ref"]), 30)
 
 
+@pytest.mark.slow  # worker processes
 def test_a_restarted_dispatcher_adopts_a_running_ray_job_or_marks_a_lost_one_interrupted(ray_cluster):
     run = _queued_run("ray-adopt", mode="full", epochs=30)
     jobs.submit(run)

@@ -18,6 +18,7 @@ machine where the process runs.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -73,10 +74,11 @@ def cancel_age(run: Run) -> float | None:
 
 
 def enforce_cancel(pid: int | None, run: Run) -> None:
-    """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is ended."""
+    """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is terminated
+    (killed, when that has not worked either after as long again)."""
     age = cancel_age(run)
     if age is not None and age > CANCEL_GRACE_S:
-        kill_group(pid)  # the job runs in its own session
+        kill_group(pid, signal.SIGKILL if age > 2 * CANCEL_GRACE_S else signal.SIGTERM)  # it leads its own session
 
 
 class JobHandle(Protocol):

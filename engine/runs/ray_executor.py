@@ -40,7 +40,7 @@ from engine.runs.run_dir import Run
 from engine.runs.tasks import spawn
 from engine.workspace import home
 
-__all__ = ["RAY_NAMESPACE", "RayExecutor", "JobActor"]
+__all__ = ["RAY_NAMESPACE", "RayExecutor", "JobActor", "job_resources"]
 
 RAY_NAMESPACE = "transfer-studio"
 # After the grace period the actor ends the process itself; this much later the dispatcher kills the actor.
@@ -108,6 +108,13 @@ class _RayHandle:
         return code
 
 
+def job_resources(config: dict, nproc: int, cluster_gpus: float) -> tuple[int, int]:
+    """``(num_cpus, num_gpus)`` a job asks Ray for: a GPU per process unless the run is on the CPU or the
+    cluster has no GPU; a CPU per process, or the run's ``threads`` when more."""
+    gpus = nproc if config.get("device") != "cpu" and cluster_gpus > 0 else 0
+    return max(nproc, int(config.get("threads") or nproc)), gpus
+
+
 def _check_reachable(address: str) -> None:
     """Fail fast on a head nobody answers at (``ray.init`` would retry for minutes)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -142,9 +149,7 @@ class RayExecutor:
         return jobs_at_once(int(ray.cluster_resources().get("GPU", 0)))
 
     def start(self, run_dir: str, resume: bool, nproc: int) -> _RayHandle:
-        config = Run(run_dir).config()
-        gpus = nproc if config.get("device") != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
-        cpus = max(nproc, int(config.get("threads") or nproc))
+        cpus, gpus = job_resources(Run(run_dir).config(), nproc, ray.cluster_resources().get("GPU", 0))
         name = f"ts-job-{secrets.token_hex(6)}"
         actor = self._actor.options(name=name, namespace=RAY_NAMESPACE, lifetime="detached", num_cpus=cpus,
                                     num_gpus=gpus, max_concurrency=4, max_restarts=0).remote()
