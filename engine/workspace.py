@@ -27,8 +27,8 @@ from pathlib import Path
 
 __all__ = ["home", "workspace_root", "workspaces_dir", "workspace_id", "use_workspace", "set_workspace_resolver",
            "workspace_of", "valid_workspace_id", "child_env", "WORKSPACE_ENV", "shared_datasets_dir",
-           "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir", "write_text_atomic",
-           "write_json_atomic", "read_json", "file_sha256"]
+           "shared_cache_dir", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir",
+           "write_text_atomic", "write_json_atomic", "read_json", "file_sha256"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE_ENV = "TS_WORKSPACE"
@@ -120,6 +120,14 @@ def _subdir(name: str) -> Path:
 def shared_datasets_dir() -> Path:
     """Built-in datasets, built once and read by every workspace."""
     path = home() / "datasets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_cache_dir() -> Path:
+    """Files derived only from published or operator-supplied backbone weights (ONNX backbones,
+    latency measured on this host): the same for every visitor, so built once per server."""
+    path = home() / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

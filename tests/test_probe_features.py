@@ -71,6 +71,13 @@ def test_onnxruntime_features_match_pytorch(digits_features):
     # "auto" on CPU: onnxruntime once the backbone is exported; eager for a few images before that.
     assert feature_extractor("mobilenet_v2", SIZE, images=10).engine == "onnxruntime"
     assert feature_extractor("mobilenet_v2", SIZE + 16, images=10).engine == "torch"
+    # The exported backbone is derived from published weights only: one file for every visitor's workspace.
+    from engine.workspace import shared_cache_dir, use_workspace
+
+    exported = sorted((shared_cache_dir() / "backbones").glob("*.onnx"))
+    with use_workspace("ab" * 16):
+        assert feature_extractor("mobilenet_v2", SIZE, images=10).engine == "onnxruntime"
+    assert sorted((shared_cache_dir() / "backbones").glob("*.onnx")) == exported
 
 
 def test_linear_run_uses_cached_features_and_reports_balanced_accuracy(shapes_dir):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
     """
     if exporter == "torchscript":
         try:
-            with atomic_path(path) as tmp:
+            with atomic_path(path) as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's constant-folding notes mean nothing to a user
                 torch.onnx.export(model, (example,), str(tmp), input_names=["image"],
                                   output_names=list(output_names), opset_version=OPSET, dynamo=False,
                                   dynamic_axes={"image": {0: "batch"}})

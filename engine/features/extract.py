@@ -20,7 +20,7 @@ from torch import nn
 
 from engine.models import create_model, get_spec
 from engine.training.loop import DeviceSetup, resolve_device
-from engine.workspace import cache_dir
+from engine.workspace import shared_cache_dir
 
 __all__ = ["FeatureExtractor", "feature_extractor", "backbone_key", "ort_runner"]
 
@@ -123,7 +123,7 @@ def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None
     still hold the pretrained weights: the ONNX file is cached under their name).
     """
     setup = setup or resolve_device()
-    path = cache_dir() / "backbones" / f"{backbone_key(backbone, size)}.onnx"
+    path = shared_cache_dir() / "backbones" / f"{backbone_key(backbone, size)}.onnx"
     if engine == "auto":
         few = images is not None and images < ORT_MIN_IMAGES and not path.is_file()
         engine = "torch" if setup.device.type == "cuda" or few else "onnxruntime"

@@ -43,10 +43,10 @@ def _head_backbone(backbone: str) -> str:
 
 def _onnx_file(backbone: str):
     from engine.features.extract import backbone_key
-    from engine.workspace import cache_dir
+    from engine.workspace import shared_cache_dir
 
     name = _head_backbone(backbone)
-    return cache_dir() / "insight" / f"imagenet-head-{backbone_key(name, HEAD_IMAGE_SIZE)}.onnx"
+    return shared_cache_dir() / "insight" / f"imagenet-head-{backbone_key(name, HEAD_IMAGE_SIZE)}.onnx"
 
 
 @functools.lru_cache(maxsize=2)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from engine.workspace import cache_dir, read_json, write_json_atomic
+from engine.workspace import read_json, shared_cache_dir, write_json_atomic
 
 __all__ = ["measure_latency", "cached_latency", "LATENCY_VERSION"]
 
@@ -29,7 +29,7 @@ def _host() -> str:
 def _path(backbone: str, size: int):
     from engine.features.extract import backbone_key
 
-    return cache_dir() / "latency" / f"{backbone_key(backbone, size)}-{_host()}-v{LATENCY_VERSION}.json"
+    return shared_cache_dir() / "latency" / f"{backbone_key(backbone, size)}-{_host()}-v{LATENCY_VERSION}.json"
 
 
 def cached_latency(backbone: str, size: int) -> dict | None:
