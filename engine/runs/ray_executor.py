@@ -35,7 +35,7 @@ from pathlib import Path
 import ray
 
 from engine.errors import UserError
-from engine.runs.executors import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command, job_env
+from engine.runs.executors import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command
 from engine.runs.run_dir import Run
 from engine.runs.tasks import spawn
 from engine.workspace import home
@@ -59,7 +59,9 @@ class JobActor:
     def run(self, run_dir: str, resume: bool, nproc: int, env: dict[str, str], threads: int) -> int:
         """Start the job (this node's interpreter) and return its exit status."""
         command = job_command(run_dir, resume, nproc)
-        self._proc = spawn(command, Run(run_dir).log_file, env=job_env(threads, os.environ | env), append=True)
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs; under torchrun each process gets its share.
+        env = os.environ | env | {"OMP_NUM_THREADS": str(max(1, threads))}
+        self._proc = spawn(command, Run(run_dir).log_file, env=env, append=True)
         self._started.set()
         return self.wait(run_dir)
 
