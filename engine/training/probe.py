@@ -85,9 +85,21 @@ def _folds(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, balance: str = "none",
               C: float | None = None, scaling: str | None = None, seed: int = 0) -> ProbeFit:
-    """Fit the probe on training features; ``C``/``scaling`` left ``None`` are cross-validated.
+    """Fit the probe on training features; ``C``/``scaling`` left ``None`` are cross-validated (see _fit)."""
+    # L-BFGS is thousands of small vector operations: with several intra-op threads each one waits
+    # at a barrier, and on a busy host (other jobs, other visitors) the waits dominate. Measured on
+    # this 2-core host while other work ran: 67 s on two threads for a fit one thread does in seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(features, labels, num_classes, balance, C, scaling, seed)
+    finally:
+        torch.set_num_threads(threads)
 
-    ``balance``: ``none`` (plain likelihood), ``weights`` or ``sampler`` (for a
+
+def _fit(features: np.ndarray, labels: np.ndarray, num_classes: int, balance: str, C: float | None,
+         scaling: str | None, seed: int) -> ProbeFit:
+    """``balance``: ``none`` (plain likelihood), ``weights`` or ``sampler`` (for a
     full-batch fit, sampling classes uniformly and weighting them inversely to
     their frequency optimise the same objective, so both use balanced weights;
     the cross-validation then scores balanced accuracy).
