@@ -16,6 +16,7 @@ import streamlit as st
 from engine.runs import jobs
 from engine.data.images import ImageProblem
 from engine.errors import UserError
+from engine.hosting.limits import training_ceilings
 from engine.runs.view import run_settled, suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
@@ -63,7 +64,9 @@ with st.container(border=True):
     c1, c2, c3, c4, c5 = st.columns(5)
     # Keyed per mode so switching mode brings up that mode's defaults.
     probe = mode == "linear"  # fitted to convergence: no epochs, no learning rate
-    epochs = c1.number_input("Epochs", 1, 1000, DEFAULT_EPOCHS[mode], key=f"train_epochs_{mode}", disabled=probe,
+    most_epochs, largest_size = training_ceilings(epochs=1000, image_size=512)  # hosted ceilings, if lower
+    epochs = c1.number_input("Epochs", 1, most_epochs, min(DEFAULT_EPOCHS[mode], most_epochs),
+                             key=f"train_epochs_{mode}", disabled=probe,
                              help="the linear probe is one converged fit" if probe
                              else TrainConfig.field_help("epochs"))
     lr = c2.number_input("Learning rate", 1e-6, 1.0, DEFAULT_LR[mode], format="%.0e", step=1e-4,
@@ -75,8 +78,8 @@ with st.container(border=True):
     except UserError as exc:  # an unknown backbone named in the URL
         suggested, why = 96, str(exc)
     # Keyed by backbone and dataset so a new pick brings up its own suggestion.
-    image_size = c3.number_input("Image size (px)", 32, 512, suggested, step=16, help=why,
-                                 key=f"train_size_{backbone}_{dataset}")
+    image_size = c3.number_input("Image size (px)", 32, largest_size, min(suggested, largest_size), step=16,
+                                 help=why, key=f"train_size_{backbone}_{dataset}")
     batch_size = c4.selectbox("Batch size", [8, 16, 32, 64, 128], index=2, key="train_batch")
     augment = c5.selectbox("Augmentation", list(AUGMENT_PRESETS), index=list(AUGMENT_PRESETS).index("light"),
                            key="train_augment", disabled=mode == "linear",

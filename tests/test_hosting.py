@@ -146,6 +146,16 @@ def test_hosted_ceilings_refuse_with_the_limit_and_what_to_do(hosted, monkeypatc
     check_can_queue(TrainConfig(dataset="digits", mode="full", epochs=5, image_size=96))  # local: no ceilings
 
 
+def test_train_page_offers_no_more_than_the_hosted_ceilings(hosted, monkeypatch):
+    monkeypatch.setenv("TS_MAX_EPOCHS", "3")
+    monkeypatch.setenv("TS_MAX_IMAGE_SIZE", "64")
+    at = open_app("pages/train.py")
+    at.radio(key="train_mode").set_value("full").run()
+    epochs = at.number_input(key="train_epochs_full")
+    size = next(w for w in at.number_input if w.label == "Image size (px)")
+    assert (epochs.max, size.max) == (3, 64) and epochs.value <= 3 and size.value <= 64
+
+
 def test_queued_jobs_per_workspace(hosted, monkeypatch):
     monkeypatch.setenv("TS_MAX_QUEUED", "1")
     wid = workspace_for_token(new_token())

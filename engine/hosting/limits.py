@@ -18,7 +18,7 @@ from engine.hosting.profile import hosted
 from engine.workspace import workspace_id, workspace_root
 
 __all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_can_queue", "check_dataset_upload",
-           "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "short_id"]
+           "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "short_id", "training_ceilings"]
 
 LIMITS_FILE_ENV = "TS_LIMITS_FILE"
 
@@ -89,6 +89,15 @@ def limit_rows(current: Limits | None = None) -> list[dict]:
     return [{"limit": f.name, "variable": f.metadata["env"], "default": f.default,
              "now": getattr(current, f.name), "applies": "hosted" if f.metadata["hosted_only"] else "always",
              "help": f.metadata["help"]} for f in fields(Limits)]
+
+
+def training_ceilings(epochs: int, image_size: int) -> tuple[int, int]:
+    """Largest epochs and image size a form should offer: the hosted ceilings where they apply and are
+    lower, else the caller's own maxima (so a visitor cannot pick what check_can_queue would refuse)."""
+    if not hosted():
+        return epochs, image_size
+    current = limits()
+    return min(epochs, int(current.max_epochs)), min(image_size, int(current.max_image_size))
 
 
 def short_id(wid: str | None = None) -> str:
