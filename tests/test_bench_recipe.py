@@ -23,7 +23,7 @@ def test_bench_recipe_compares_every_method_on_the_same_images(shapes_dir):
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == set(METHODS)
     for r in rows.values():
-        assert 0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_ci95"] <= 1 and r["seconds"] > 0
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_ci95"] <= 1 and r["seconds"] > 0 and r["cpu_seconds"] > 0
         assert "y_pred" not in r
     for name in ("probe/logreg", "finetune/reference"):
         c = result["comparisons"][name]
