@@ -18,7 +18,6 @@ from conftest import SHAPES_CLASSES, draw_shape, make_shapes_dataset
 from engine.evaluation import (bootstrap_ci, compare_runs, evaluate_run, fit_temperature, load_evaluation,
                                run_temperature, softmax, threshold_curve, threshold_point)
 from engine.evaluation.compare import mcnemar
-from engine.evaluation.metrics import _vectorised
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,22 +41,40 @@ def test_bootstrap_interval_covers_the_true_accuracy_about_95_percent_of_the_tim
     assert 0.07 < float(np.mean(widths)) < 0.11
 
 
-def test_bootstrap_statistics_are_scikit_learns():
+def test_scores_are_scikit_learns():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from engine.training.metrics import (classification_report, confusion_counts, per_class_scores,
+                                         scores_from_confusion, stratified_folds)
+
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 5, 200)
+    y = rng.integers(0, 4, 200)  # class 4 is never true...
     pred = np.where(rng.random(200) < 0.7, y, rng.integers(0, 5, 200))
-    pred[pred == 4] = 3  # a class never predicted
+    pred[pred == 3] = 2  # ...and class 3 never predicted
+    labels = list(range(5))
+
     def macro_f1(t, p):
-        return f1_score(t, p, labels=list(range(5)), average="macro", zero_division=0)
+        return f1_score(t, p, labels=labels, average="macro", zero_division=0)
 
     for name, fn in [("accuracy", accuracy_score), ("balanced_accuracy", balanced_accuracy_score),
                      ("macro_f1", macro_f1)]:
-        batch = np.stack([rng.permutation(200) for _ in range(4)])
-        got = _vectorised(name, 5)(y[batch], pred[batch])
-        want = [fn(y[i], pred[i]) for i in batch]
-        np.testing.assert_allclose(got, want, atol=1e-12)
-        ci = bootstrap_ci(y, pred, name, labels=list(range(5)))
+        batch = np.stack([rng.permutation(200)[:150] for _ in range(4)])  # resamples, scored at once
+        got = scores_from_confusion(confusion_counts(y[batch], pred[batch], 5), name)
+        np.testing.assert_allclose(got, [fn(y[i], pred[i]) for i in batch], atol=1e-12)
+        ci = bootstrap_ci(y, pred, name, labels=labels)
         assert ci["value"] == pytest.approx(fn(y, pred)) and ci["low"] < ci["value"] < ci["high"]
+    cm = confusion_counts(y, pred, 5)
+    np.testing.assert_array_equal(cm, confusion_matrix(y, pred, labels=labels))
+    for ours, theirs in zip(per_class_scores(cm), precision_recall_fscore_support(y, pred, labels=labels,
+                                                                                  zero_division=0)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-12)
+    report = classification_report(y, pred, rng.normal(size=(200, 5)), [f"c{i}" for i in labels])
+    assert report["macro_f1"] == pytest.approx(macro_f1(y, pred))
+    assert classification_report(y[:0], pred[:0], np.zeros((0, 5)), [f"c{i}" for i in labels])["accuracy"] == 0
+    folds = stratified_folds(y, 3, seed=0)  # every image held out once; each fold holds every class
+    assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(200))
+    for tr, va in folds:
+        assert set(y[va]) == set(y) and not set(tr) & set(va)
 
 
 def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():

@@ -30,6 +30,7 @@ from engine.features import split_features
 from engine.models import create_model, get_spec
 from engine.runs import Run
 from engine.training.config import TrainConfig
+from engine.training.metrics import headline_scores
 from engine.training.runner import train
 
 __all__ = ["bench_recipe", "reference_finetune", "format_table", "paired_difference", "METHODS"]
@@ -39,13 +40,10 @@ METHODS = ("probe", "logreg", "finetune", "reference")
 
 def _scores(y_true, y_pred) -> dict:
     """Headline scores, the accuracy's 95 % interval half-width, and the predictions (for paired comparisons)."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    correct = np.asarray(y_true) == np.asarray(y_pred)
-    acc = float(correct.mean())
-    return {"accuracy": acc, "accuracy_ci95": float(1.96 * np.sqrt(acc * (1 - acc) / max(len(correct), 1))),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    scores = headline_scores(y_true, y_pred, int(max(y_true.max(initial=0), y_pred.max(initial=0))) + 1)
+    acc = scores["accuracy"]
+    return {**scores, "accuracy_ci95": float(1.96 * np.sqrt(acc * (1 - acc) / max(len(y_true), 1))),
             "y_true": [int(v) for v in y_true], "y_pred": [int(v) for v in y_pred]}
 
 

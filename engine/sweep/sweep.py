@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from engine.errors import UserError
+from engine.training.metrics import headline_scores
 
 __all__ = ["run_sweep", "recommend", "pareto_front", "format_sweep", "start_sweep", "sweep_status",
            "latest_sweep", "cancel_sweep", "progress_writer", "check_backbones", "MIN_BACKBONES", "MAX_BACKBONES",
@@ -48,14 +48,6 @@ def check_backbones(backbones: list[str]) -> list[str]:
         if not ok:
             raise UserError(f"'{name}' cannot be swept: its weights are not on this machine ({words})")
     return names
-
-
-def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    return {"accuracy": float((y_true == y_pred).mean()),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
 
 
 def pareto_front(rows: list[dict], latency: str = LATENCY_KEY) -> list[str]:
@@ -86,8 +78,6 @@ def recommend(rows: list[dict], latency: str = LATENCY_KEY) -> dict:
 
 
 def _probe_row(dataset, name: str, image_size: int, classes: list[str], seed: int, say, progress) -> dict:
-    import torch
-
     from engine.features import split_features
     from engine.models import get_spec
     from engine.training.probe import fit_probe
@@ -102,15 +92,11 @@ def _probe_row(dataset, name: str, image_size: int, classes: list[str], seed: in
     if progress:
         progress(name, 0, 1, "probe")
     t1 = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # L-BFGS on a few thousand rows: one thread is 4x faster on a shared CPU
-    try:
-        probe = fit_probe(train.features, train.labels, len(classes), seed=seed)
-    finally:
-        torch.set_num_threads(threads)
+    probe = fit_probe(train.features, train.labels, len(classes), seed=seed)
     pred = probe.logits(val.features).argmax(1)
     t_probe = time.perf_counter() - t1
-    return {"version": SWEEP_VERSION, "backbone": name, "family": spec.family, **_scores(val.labels, pred),
+    return {"version": SWEEP_VERSION, "backbone": name, "family": spec.family,
+            **headline_scores(val.labels, pred, len(classes)),
             "feature_dim": int(train.features.shape[1]), "C": probe.C,
             "params_m": spec.params_m, "gflops": spec.gflops, "imagenet_top1": spec.imagenet_top1,
             "train_images": int(len(train)), "val_images": int(len(val)),

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.data.health import inverse_frequency_weights
+from engine.training.metrics import confusion_counts, scores_from_confusion, stratified_folds
 
 __all__ = ["ProbeFit", "fit_probe", "C_GRID"]
 
@@ -76,13 +77,6 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, k: int, C: float, class_weight: tor
     return w.detach(), b.detach()
 
 
-def _folds(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
-
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y))
-
-
 def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, balance: str = "none",
               C: float | None = None, scaling: str | None = None, seed: int = 0) -> ProbeFit:
     """Fit the probe on training features; ``C``/``scaling`` left ``None`` are cross-validated (see _fit)."""
@@ -104,8 +98,6 @@ def _fit(features: np.ndarray, labels: np.ndarray, num_classes: int, balance: st
     their frequency optimise the same objective, so both use balanced weights;
     the cross-validation then scores balanced accuracy).
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
     torch.manual_seed(seed)
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     y_np = np.asarray(labels, dtype=np.int64)
@@ -115,13 +107,13 @@ def _fit(features: np.ndarray, labels: np.ndarray, num_classes: int, balance: st
     class_weight = None
     if balance != "none":
         class_weight = torch.tensor(inverse_frequency_weights(counts), dtype=torch.float32)
-    score = balanced_accuracy_score if balance != "none" else accuracy_score
+    metric = "balanced_accuracy" if balance != "none" else "accuracy"
     grid_c = C_GRID if C is None else (C,)
     grid_s = SCALINGS[:1] if scaling is None else (scaling,)
     n_folds = int(min(3, counts[counts > 0].min()))
     table: list[dict] = []
     if (len(grid_c) > 1 or len(grid_s) > 1) and n_folds >= 2:
-        folds = _folds(y_np, n_folds, seed)
+        folds = stratified_folds(y_np, n_folds, seed)
         for s in grid_s:
             scores = np.zeros((len(folds), len(grid_c)))
             for f, (tr, va) in enumerate(folds):
@@ -131,7 +123,7 @@ def _fit(features: np.ndarray, labels: np.ndarray, num_classes: int, balance: st
                 for j, c in enumerate(grid_c):  # strongest regularisation first, each fit warm-starts the next
                     start = _lbfgs(z_tr, y[tr], k, c, class_weight, start, max_iter=100, tol=1e-3)
                     pred = (z_va @ start[0].T + start[1]).argmax(1).numpy()
-                    scores[f, j] = score(y_np[va], pred)
+                    scores[f, j] = scores_from_confusion(confusion_counts(y_np[va], pred, k), metric)
             table += [{"scaling": s, "C": c, "cv_score": round(float(v), 4)} for c, v in zip(grid_c, scores.mean(0))]
         # Ties (within 0.1 point) go to the stronger regularisation, standardised first.
         best = max(table, key=lambda r: (round(r["cv_score"], 3), -r["C"]))
