@@ -1,0 +1,36 @@
+"""The load bench at test size: two browser sessions on the hosted app while a (small) fine-tune trains.
+
+Each session uploads its own digits classes, trains a linear probe, watches it, predicts and exports;
+the checks are the bench's own (engine/bench/load.py): isolation, own results, a fair queue, a clean
+server log. No timing is asserted; `python -m engine bench load` prints the figures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.bench.load import CHROMIUM, format_report, load_test
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def test_two_sessions_each_get_their_own_results_in_a_fair_queue():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is not installed")
+    report = load_test(2, finetune_data=None, finetune_image_size=32, trivial_rounds=1, think_s=1.0,
+                       run_timeout_s=400)
+    text = format_report(report)
+    assert not report["browser_errors"], text
+    for session in report["results"]:
+        assert session["state"] == "done" and not session["problems"], text
+        assert session["runs_listed"] == [session["run"]] and len(session["uploads_listed"]) == 1, text
+        assert session["predicted"] in session["classes"], text
+    assert len({s["run"] for s in report["results"]}) == 2
+    # The fine-tune was queued first and started first; the sessions' runs follow in submission order.
+    assert report["fair"] and [j["who"] for j in report["queue"]][0] == "fine-tune", text
+    assert len(report["queue"]) == 3, text
+    assert report["finetune"]["state"] == "done", text
+    assert report["server_log_errors"] == [], text
+    assert report["pages"]["real"]["all"]["n"] > 0 and report["pages"]["trivial"]["all"]["n"] > 0
+    assert report["passed"], text
