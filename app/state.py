@@ -31,8 +31,11 @@ _WS_KEY, _TOKEN_KEY = "_ts_workspace", "_ts_token"
 
 
 def _session_workspace() -> str | None:
-    """The workspace id of the session whose script (or fragment) runs in this thread, if any."""
-    if get_script_run_ctx(suppress_warning=True) is None:
+    """The workspace id of the session whose script (or fragment) runs in this thread, if any.
+
+    Only on the hosted profile: the local profile has one workspace, whatever a session (or a
+    script-run context left on a thread, as AppTest leaves one) holds."""
+    if not hosted() or get_script_run_ctx(suppress_warning=True) is None:
         return None
     return st.session_state.get(_WS_KEY)
 

@@ -185,11 +185,14 @@ def test_images_per_dataset_and_disk_quota_refuse_uploads(hosted, monkeypatch, s
 
 
 def test_train_page_shows_the_limit_when_hit(hosted, monkeypatch):
-    monkeypatch.setenv("TS_MAX_IMAGE_SIZE", "32")
+    # (The epoch and size ceilings cannot be hit from the page: its inputs stop at them.)
+    monkeypatch.setenv("TS_MAX_QUEUED", "1")
     at = open_app("pages/train.py", dataset="digits")
+    token = at.query_params["ws"]
+    _run_in(workspace_for_token(token if isinstance(token, str) else token[0]), "waiting", state="queued")
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception, at.exception
-    assert any("TS_MAX_IMAGE_SIZE" in e.value and "Cannot start training" in e.value for e in at.error)
+    assert any("TS_MAX_QUEUED=1" in e.value and "Cannot start training" in e.value for e in at.error)
 
 
 def test_dataset_page_shows_the_image_limit_when_hit(hosted, monkeypatch, shapes_zip):
