@@ -8,6 +8,8 @@ login identity picks their workspace, and every engine path of this session
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -22,7 +24,7 @@ from engine.workspace import runs_dir, set_workspace_resolver
 
 __all__ = ["current_dataset", "set_dataset", "current_backbone", "set_backbone", "current_run", "set_run",
            "pick_run", "DEFAULT_BACKBONE", "select_workspace", "workspace_token", "share_param", "app_secrets",
-           "WORKSPACE_PARAM", "WORKSPACE_COOKIE"]
+           "WORKSPACE_PARAM", "WORKSPACE_COOKIE", "require_frame"]
 
 WORKSPACE_PARAM = "ws"
 # A proxy in front of the app may keep the token in this cookie (Streamlit itself sets no cookies).
@@ -41,6 +43,30 @@ def _session_workspace() -> str | None:
 
 
 set_workspace_resolver(_session_workspace)
+
+
+def require_frame() -> None:
+    """Every page calls this first: a page file run without the frame is rerun through it.
+
+    Until the frame's ``st.navigation`` has run once in a server process, Streamlit treats ``pages/`` as a
+    legacy multipage folder: a deep link (``/train?run=…``) that is the first request after a (re)start
+    (or arrives alongside it) runs ``pages/train.py`` alone, without the access gate, the visitor's
+    workspace or queue recovery. That legacy navigation lists the main script itself as a page, which the
+    frame's never does; then legacy mode is turned off and the rerun runs the frame, which opens the page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    from streamlit.runtime import Runtime
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None or not Runtime.exists() or type(Runtime.instance()) is not Runtime:
+        return  # AppTest (a stand-in runtime, no server) switches pages its own way
+    pages = ctx.pages_manager.get_pages()
+    main = Path(ctx.pages_manager.main_script_path).resolve()
+    if len(pages) > 1 and any(p.get("script_path") and Path(p["script_path"]).resolve() == main
+                              for p in pages.values()):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def app_secrets() -> dict:

@@ -11,7 +11,9 @@ import streamlit as st
 from engine.errors import UserError
 from engine.models import backbone_catalogue
 from engine.sweep import MAX_BACKBONES, MIN_BACKBONES, latest_sweep, start_sweep, sweep_status
-from app.state import current_backbone, current_dataset, set_backbone
+from app.state import current_backbone, current_dataset, set_backbone, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 st.title("Backbone")
 st.caption("The pretrained network whose features your classifier builds on. Published ImageNet figures say how "

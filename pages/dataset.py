@@ -20,7 +20,9 @@ from engine.data.health import health_check
 from engine.data.images import ImageProblem, load_rgb
 from engine.data.ingest import ingest_table, ingest_zip, server_datasets, uploaded_datasets, uploads_dir
 from engine.errors import UserError
-from app.state import current_dataset, set_dataset
+from app.state import current_dataset, set_dataset, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 GALLERY = 24
 

@@ -13,7 +13,9 @@ from engine.evaluation import load_evaluation
 from engine.export.analyse import analyse_images
 from engine.export.inference import get_classifier
 from engine.hosting.sharing import shared_run
-from app.state import share_param
+from app.state import share_param, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 st.title("Model demo")
 try:

@@ -7,11 +7,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.state import pick_run
+from app.state import pick_run, require_frame
 from engine.errors import UserError
 from engine.evaluation import activation_maps, compare_runs, evaluation_state, load_evaluation, start_evaluation
 from engine.runs import list_runs
 from engine.runs.view import run_label
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 GALLERY_COLUMNS = 6
 GALLERY_MAX = 24

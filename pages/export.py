@@ -12,7 +12,9 @@ from engine.export import (STRICT_VARIANTS, VARIANTS, export_job_state, gate_fai
 from engine.export.bundle import build_bundle, unchanged_variants
 from engine.export.quantize import quantization_choices
 from engine.workspace import read_json
-from app.state import current_run
+from app.state import current_run, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 VARIANT_HELP = {
     "fp32": "float32, normalised NCHW input. Reproduces PyTorch; always exported.",

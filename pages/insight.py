@@ -13,7 +13,9 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.insight import insight_state, load_insight, start_insight
-from app.state import current_backbone, current_dataset
+from app.state import current_backbone, current_dataset, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 st.title("Insight")
 dataset = current_dataset()

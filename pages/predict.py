@@ -12,7 +12,9 @@ from engine.export.analyse import UNSURE, analyse_images
 from engine.export.inference import get_classifier
 from engine.hosting.sharing import share_run, share_token, share_url, unshare_run
 from engine.runs.view import exported_runs
-from app.state import pick_run
+from app.state import pick_run, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 st.title("Predict")
 st.caption("Upload images, a .zip of images, or take a picture, and see what a trained model says, how sure "

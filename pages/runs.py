@@ -9,7 +9,9 @@ from engine.errors import UserError
 from engine.runs.table import comparison_rows, curves, rows_to_csv, run_rows
 from engine.runs import Run
 from engine.workspace import runs_dir
-from app.state import set_run
+from app.state import set_run, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 st.title("Runs")
 

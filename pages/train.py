@@ -24,7 +24,9 @@ from engine.runs.tasks import task_state
 from engine.insight import load_insight
 from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
 from engine.training.lr_finder import start_lr_find, lr_find_folder
-from app.state import current_backbone, current_dataset, current_run, set_run
+from app.state import current_backbone, current_dataset, current_run, set_run, require_frame
+
+require_frame()  # a deep link on a fresh server runs through the frame
 
 MODE_LABELS = {"linear": "Linear probe", "partial": "Partial fine-tune", "gradual": "Gradual unfreezing",
                "full": "Full fine-tune", "scratch": "From scratch"}

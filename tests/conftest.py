@@ -92,6 +92,27 @@ def make_shapes_dataset(root: Path, per_class: int = 16, seed: int = 0, splits: 
     return root
 
 
+def queued_run(data, label, **kw):
+    """A run directory with a small training config (full fine-tune, 4 epochs at 32 px unless ``kw`` says
+    otherwise), ready for ``jobs.submit``."""
+    from engine.runs import new_run
+    from engine.training.config import TrainConfig
+
+    config = TrainConfig(dataset=str(data), **({"mode": "full", "epochs": 4, "image_size": 32, "batch_size": 8,
+                                                "threads": 1} | kw))
+    run = new_run(label)
+    run.write_config(config.to_dict())
+    return run
+
+
+def job_pid(run):
+    """The pid of ``run``'s job while the queue says it is running, else None."""
+    from engine.runs import jobs
+
+    rows = [j for j in jobs.list_jobs() if j["run_dir"] == str(run.path.resolve())]
+    return rows[0]["pid"] if rows and rows[0]["state"] == "running" else None
+
+
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
 

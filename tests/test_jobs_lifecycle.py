@@ -11,26 +11,12 @@ import pytest
 import torch
 
 from engine.runs import jobs
-from engine.runs import TERMINAL_STATES, new_run
+from engine.runs import TERMINAL_STATES
 from engine.runs.tasks import pid_alive
-from engine.training.config import TrainConfig
 from engine.workspace import home
-from conftest import make_shapes_dataset, wait_for as _wait
+from conftest import job_pid as _job_pid, make_shapes_dataset, queued_run as _queued_run, wait_for as _wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _queued_run(data, label, **kw):
-    config = TrainConfig(dataset=str(data), **({"mode": "full", "epochs": 4, "image_size": 32, "batch_size": 8,
-                                                "threads": 1} | kw))
-    run = new_run(label)
-    run.write_config(config.to_dict())
-    return run
-
-
-def _job_pid(run):
-    rows = [j for j in jobs.list_jobs() if j["run_dir"] == str(run.path.resolve())]
-    return rows[0]["pid"] if rows and rows[0]["state"] == "running" else None
 
 
 def _dispatcher_pid():

@@ -41,8 +41,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-__all__ = ["load_test", "format_report", "serve", "Server", "free_port", "trivial_app", "session_dataset",
-           "PAGE_TITLES", "CHROMIUM", "CHROMIUM_ARGS", "server_log_errors", "tree_rss_mb"]
+__all__ = ["load_test", "format_report", "serve", "start_server", "stop_server", "Server", "free_port", "trivial_app",
+           "session_dataset", "PAGE_TITLES", "CHROMIUM", "CHROMIUM_ARGS", "IDLE", "server_log_errors", "tree_rss_mb"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -121,9 +121,10 @@ def start_server(script: Path, env: dict[str, str], log: Path, port: int | None 
 
 
 @contextmanager
-def serve(script: Path, env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[Server]:
+def serve(script: Path, env: dict[str, str], log: Path, timeout: float = 120,
+          port: int | None = None) -> Iterator[Server]:
     """A server for the block, stopped after it."""
-    server = start_server(script, env, log, timeout=timeout)
+    server = start_server(script, env, log, port=port, timeout=timeout)
     try:
         yield server
     finally:
