@@ -346,6 +346,7 @@ async def _download(page, button_name: str, timeout_ms: int) -> bytes:
 
 async def _trivial_session(bench: Bench, browser, url: str, index: int, rounds: int) -> None:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(bench.timeout_ms)  # Playwright's 30 s is short for 8 sessions on 2 busy cores
     try:
         page = await context.new_page()
         await page.goto(url, timeout=bench.timeout_ms)
@@ -369,6 +370,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
     out: dict = {"session": index, "classes": data.classes, "ok": False}
     t = bench.timeout_ms
     context = await browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    context.set_default_timeout(t)
     try:
         page = await context.new_page()
         await page.goto(url, timeout=t)
