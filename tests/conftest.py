@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+# A second copy of this module (``from tests.conftest import …``) would draw a second home below and
+# move every later test of the process into it, away from the session's fixtures.
+if __name__ != "conftest" and "conftest" in sys.modules:
+    raise ImportError(f"import the test helpers as `from conftest import ...`, not as {__name__}")
 
 # Isolate every test session from the developer's workspace, before engine imports.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ts-test-home-"))
@@ -48,6 +54,26 @@ def pytest_sessionfinish(session, exitstatus):
         except (ValueError, ProcessLookupError, PermissionError):
             pass
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _workspace_left_as_found(request):
+    """Every test leaves the local profile's single workspace current, as it found it.
+
+    A test that left another workspace current (``$TS_WORKSPACE``, an open ``use_workspace``, a
+    Streamlit session's resolver on the hosted profile) would send the next test's runs where its
+    pages do not look; under pytest-xdist that next test is a different one on every run."""
+    yield
+    from engine.hosting.profile import hosted
+    from engine.workspace import workspace_id
+
+    left = {"TS_WORKSPACE": os.environ.get("TS_WORKSPACE"), "TS_PROFILE": os.environ.get("TS_PROFILE"),
+            "TRANSFER_STUDIO_HOME": os.environ.get("TRANSFER_STUDIO_HOME")}
+    if workspace_id() is not None or hosted() or left["TRANSFER_STUDIO_HOME"] != str(_SESSION_HOME):
+        os.environ.pop("TS_WORKSPACE", None)
+        os.environ.pop("TS_PROFILE", None)
+        os.environ["TRANSFER_STUDIO_HOME"] = str(_SESSION_HOME)
+        pytest.fail(f"{request.node.nodeid} left workspace {workspace_id()!r} current: {left}")
 
 
 def wait_for(predicate, timeout: float = 180, poll: float = 0.2):

@@ -118,7 +118,8 @@ def test_logs_say_which_workspace_started_which_job(hosted, caplog, capsys, monk
     enter_workspace(argparse.Namespace(command="run-job", run_dir=str(run.path)))  # what a job does first
     assert f"run {run.id} started for workspace={wid[:8]}" in capsys.readouterr().err
     assert os.environ["TS_WORKSPACE"] == wid and runs_dir() == run.path.parent
-    monkeypatch.delenv("TS_WORKSPACE")
+    # Not monkeypatch.delenv: it would record wid as the value to restore after the test.
+    os.environ.pop("TS_WORKSPACE")
 
 
 def test_background_processes_work_in_the_workspace_that_started_them():

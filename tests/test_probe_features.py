@@ -92,7 +92,7 @@ def test_linear_run_uses_cached_features_and_reports_balanced_accuracy(shapes_di
 
 
 def test_balance_changes_what_it_should(tmp_path):
-    from tests.conftest import draw_shape
+    from conftest import draw_shape
 
     rng = np.random.default_rng(0)
     for kind, n in (("circle", 40), ("square", 8), ("triangle", 4)):
@@ -131,7 +131,7 @@ def test_prior_correction_moves_predictions_to_rare_classes():
 
 
 def test_test_split_is_held_out_and_reported(tmp_path):
-    from tests.conftest import SHAPES_CLASSES, draw_shape
+    from conftest import SHAPES_CLASSES, draw_shape
 
     rng = np.random.default_rng(1)
     for kind in SHAPES_CLASSES:
