@@ -110,7 +110,7 @@ def _gallery(root: Path, rows: pd.DataFrame, captions: list[str] | None = None) 
 def _table(frame: pd.DataFrame, name: str, key: str) -> None:
     st.dataframe(frame, hide_index=True, width="stretch")
     st.download_button(f"Download {name} (CSV)", frame.to_csv(index=False).encode(), file_name=f"{name}.csv",
-                       mime="text/csv", key=key)
+                       mime="text/csv", key=key, on_click="ignore")
 
 
 st.title("Dataset")

@@ -102,7 +102,7 @@ table = pd.DataFrame(parity_rows(parity))
 st.subheader("Parity per variant")
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button("Download parity table (CSV)", table.to_csv(index=False), file_name=f"{run.id}-parity.csv",
-                   mime="text/csv")
+                   mime="text/csv", on_click="ignore")
 
 choices = pd.DataFrame(quantization_choices(parity))
 if not choices.empty:
@@ -111,7 +111,8 @@ if not choices.empty:
                "shown for every choice but never used to pick one.")
     st.dataframe(choices, hide_index=True, width="stretch", key="int8_choices")
     st.download_button("Download int8 choices (CSV)", choices.to_csv(index=False),
-                       file_name=f"{run.id}-int8-choices.csv", mime="text/csv", key="dl-int8-choices")
+                       file_name=f"{run.id}-int8-choices.csv", mime="text/csv", key="dl-int8-choices",
+                       on_click="ignore")
 
 for v, r in variants.items():
     flips = r.get("flipped") or []
@@ -140,13 +141,16 @@ def _bundle_bytes() -> bytes:
     return build_bundle(run.path, bundle_variants).read_bytes()
 
 
+# on_click="ignore": no rerun on a download. A rerun while the browser fetches a deferred file (the
+# bundle is built on click) let another session's clean-up drop it ("Deferred file not found", 8 sessions).
 st.download_button("Download bundle (.zip): models, labels, preprocessing, model card, predict.py", _bundle_bytes,
-                   file_name=f"transfer-studio-{run.id}.zip", mime="application/zip", type="primary")
+                   file_name=f"transfer-studio-{run.id}.zip", mime="application/zip", type="primary",
+                   on_click="ignore")
 cols = st.columns(max(1, len(ready)))
 for col, v in zip(cols, ready):
     path = variant_path(run, v)
     col.download_button(f"{path.name}", path.read_bytes, file_name=path.name, mime="application/octet-stream",
-                        key=f"dl-{v}", help=VARIANT_HELP[v])
+                        key=f"dl-{v}", help=VARIANT_HELP[v], on_click="ignore")
 strict_note = ", ".join(STRICT_VARIANTS)
 st.caption(f"{strict_note} must match PyTorch exactly (gate); fp16 and int8 report their accuracy change and "
            "you decide.")

@@ -36,7 +36,8 @@ event = st.dataframe(
     },
     key="runs_table",
 )
-st.download_button("Download runs (CSV)", rows_to_csv(rows), file_name="runs.csv", mime="text/csv")
+st.download_button("Download runs (CSV)", rows_to_csv(rows), file_name="runs.csv", mime="text/csv",
+                   on_click="ignore")
 
 resumable = table[table["resumable"]]
 if len(resumable):
@@ -74,4 +75,4 @@ for metric, title in (("val_acc", "validation accuracy"), ("val_loss", "validati
 compare = comparison_rows(runs)
 st.dataframe(pd.DataFrame(compare), hide_index=True)
 st.download_button("Download comparison (CSV)", rows_to_csv(compare), file_name="runs-compare.csv",
-                   mime="text/csv")
+                   mime="text/csv", on_click="ignore")

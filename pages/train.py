@@ -260,10 +260,13 @@ def _draw_status(status: dict) -> None:
         st.info(f"Cancelled: {status.get('message') or 'stopped by a user'}")
 
 
-# Decided once per full run: a settled run is drawn once; a live one polls.
-@st.fragment(run_every="1s" if not settled else None)
+# Decided once per full run: a settled run is drawn once; a running one polls every second, a queued one
+# (which changes only when it starts) every 3 s, so a queue of visitors does not load the server.
+@st.fragment(run_every=None if settled else "1s" if state_now == "running" else "3s")
 def live_view() -> None:
     status = run.status()
+    if not settled and status.get("state") != state_now:
+        st.rerun()  # queued -> running: poll at the running pace (and the buttons follow the state)
     _draw_status(status)
     metrics = run.metrics()
     if metrics:

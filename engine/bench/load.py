@@ -328,8 +328,11 @@ async def _visit(bench: Bench, page, app: str, title: str, session: int) -> floa
     busy = bench.training()
     t0 = time.perf_counter()
     await link.click()
-    await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=bench.timeout_ms)
-    await page.wait_for_selector(IDLE, timeout=bench.timeout_ms)
+    try:
+        await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=bench.timeout_ms)
+        await page.wait_for_selector(IDLE, timeout=bench.timeout_ms)
+    except Exception as exc:
+        raise TimeoutError(f"the {title} page was not drawn and idle within {bench.timeout_ms / 1000:.0f} s") from exc
     seconds = time.perf_counter() - t0
     bench.visits.append(Visit(app, title, seconds, busy or bench.training(), session))
     for text in await _exceptions(page):
@@ -373,6 +376,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
     context.set_default_timeout(t)
     try:
         page = await context.new_page()
+        out["step"] = "open the app"
         await page.goto(url, timeout=t)
         await page.get_by_role("heading", name="Dataset", exact=True).first.wait_for(timeout=t)
         await page.wait_for_selector(IDLE, timeout=t)
@@ -380,6 +384,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         wid = workspace_for_token(token)
         out["workspace"] = wid[:8]
 
+        out["step"] = "upload"
         # Upload this session's .zip and use it.
         await page.get_by_role("tab", name="Upload .zip").click()
         uploader = page.locator("[data-testid='stFileUploader']").filter(has_text="Dataset .zip")
@@ -390,6 +395,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         # The page draws the upload's name as a heading (the sidebar, drawn before the page, follows on the next rerun).
         await page.get_by_role("heading", name=re.compile(f"^{data.name}-")).first.wait_for(timeout=t)
 
+        out["step"] = "start the probe"
         # Start a linear probe at a small size.
         await _visit(bench, page, "real", "Train", index)
         size = page.get_by_label("Image size (px)", exact=True)
@@ -404,6 +410,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         out["run"] = run_id
         run = Run(bench.home / "workspaces" / wid / "runs" / run_id)
 
+        out["step"] = "watch the run"
         # Watch it: the runs table and the live Train page, as a visitor waiting for a result would.
         deadline = time.time() + run_timeout_s
         while run.status().get("state") not in _TERMINAL:
@@ -423,6 +430,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         shown = await page.locator("[data-testid='stMetricValue']").first.inner_text()
         out["accuracy_shown"] = shown.strip()
 
+        out["step"] = "isolation checks"
         # Isolation: the runs table (its CSV) and the upload list hold this session's only.
         await _visit(bench, page, "real", "Runs", index)
         table = list(csv.DictReader(io.StringIO((await _download(page, "Download runs (CSV)", t)).decode())))
@@ -436,6 +444,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         out["uploads_listed"] = [s.strip() for s in await options.all_inner_texts()]
         await page.keyboard.press("Escape")
 
+        out["step"] = "predict"
         # Predict the held-out image.
         await _visit(bench, page, "real", "Predict", index)
         predictor = page.locator("[data-testid='stFileUploader']").filter(has_text="Images to classify")
@@ -446,6 +455,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         answer = next((c.split(" (")[0].strip() for c in captions if data.probe_image.name in c), None)
         out["predicted"] = answer
 
+        out["step"] = "export bundle"
         # Export: the bundle of the exported run.
         await _visit(bench, page, "real", "Export", index)
         await page.get_by_text("Parity per variant").wait_for(timeout=t)
@@ -454,7 +464,8 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         out["bundle_labels"] = bundle.read(labels).decode().split()
         out["ok"] = True
     except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        out["error"] = (f"{type(exc).__name__} at '{out.get('step')}': "
+                        f"{str(exc).splitlines()[0][:300] if str(exc) else ''}")
         bench.errors.append(f"real session {index}: {out['error']}")
     finally:
         await context.close()
