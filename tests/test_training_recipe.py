@@ -193,8 +193,9 @@ def test_validation_every_follows_the_split_sizes():
     from engine.training.runner import validation_every
 
     cfg = TrainConfig(dataset="x", mode="full")
-    assert validation_every(cfg, num_train=700, num_val=350) == 1  # validation is cheap: every epoch
-    assert validation_every(cfg, num_train=100, num_val=500) == 5  # few-shot: val/ is 5x train/
+    assert validation_every(cfg, num_train=800, num_val=200) == 1  # an 80/20 split: every epoch
+    assert validation_every(cfg, num_train=1000, num_val=500) == 2  # a third held out: every other epoch
+    assert validation_every(cfg, num_train=100, num_val=500) == 17  # few-shot (val/ 5x train/): after the last
     assert validation_every(TrainConfig(dataset="x", mode="full", val_every=2), 100, 500) == 2
     with pytest.raises(UserError, match="val_every"):
         TrainConfig(dataset="x", val_every=0)

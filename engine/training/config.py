@@ -64,7 +64,7 @@ class TrainConfig:
     # Validating costs a forward pass over val/ per epoch; when val/ is larger than train/ (few-shot
     # data) that costs more than the training itself, and a cosine schedule ends on its best epoch anyway.
     val_every: int | None = _opt(None, "validate every N epochs, and always after the last (default: auto, "
-                                 "so that validation costs at most about a third of training)")
+                                 "so that validation costs at most about a tenth of training)")
     balance: str = _opt("none", "class imbalance: none (plain loss) | weights (inverse-frequency loss weights) "
                         "| sampler (draw images inversely to their class frequency)", BALANCE_MODES)
 
