@@ -30,7 +30,10 @@ class TrainConfig:
     epochs: int | None = _opt(None, "training epochs (default: the mode's; the linear probe is one converged fit)")
     lr: float | None = _opt(None, "head learning rate; the backbone gets lr * backbone_lr_mult "
                             "(default: the mode's)")
-    backbone_lr_mult: float = _opt(0.1, "pretrained layers' LR as a fraction of the head's")
+    # bench recipe, 5 datasets at 128 px: 0.3 and no layer decay beat the plain reference everywhere; the
+    # earlier 0.1 with decay 0.75 (fastai-like discriminative LRs) lost to it on digits (95.5 vs 98.1 %),
+    # whose 8 px strokes are far from ImageNet, and 1.0 wrecked the 100-image set (10 %).
+    backbone_lr_mult: float = _opt(0.3, "pretrained layers' LR as a fraction of the head's")
     unfreeze_stages: int = _opt(3, "partial mode: how many of the last backbone stages train")
     batch_size: int = _opt(32, "images per step")
     image_size: int | None = _opt(None, "training resolution in px (default: the backbone's native size)")
@@ -45,8 +48,9 @@ class TrainConfig:
                     ("auto", "bf16", "fp16", "off"))
     channels_last: bool | None = _opt(None, "channels_last memory format (default: on for GPU, off for CPU)")
     threads: int | None = _opt(None, "CPU threads (default: all cores)")
-    # Stage i of n (from the top) trains at backbone LR * decay**i, so early, generic layers move least.
-    layer_decay: float = _opt(0.75, "layer-wise LR decay per backbone stage towards the input (1: off)")
+    # Stage i of n (from the top) trains at backbone LR * decay**i, so early, generic layers move least
+    # (off by default: see backbone_lr_mult).
+    layer_decay: float = _opt(1.0, "layer-wise LR decay per backbone stage towards the input (1: off)")
     patience: int | None = _opt(None, "early stopping: epochs without a better validation loss (default: never)")
     mix: str = _opt("none", "MixUp / CutMix on batches (fine-tune modes)", MIX_MODES)
     mix_alpha: float = _opt(0.2, "MixUp's Beta(alpha, alpha)")
