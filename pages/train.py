@@ -23,7 +23,7 @@ from engine.training.augment import AUGMENT_PRESETS
 from engine.runs.tasks import task_state
 from engine.insight import load_insight
 from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
-from engine.training.lr_finder import start_lr_find, lr_find_folder
+from engine.training.lr_finder import LR_RANGE, start_lr_find, lr_find_folder
 from app.state import current_backbone, current_dataset, current_run, set_run, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame
@@ -71,7 +71,7 @@ with st.container(border=True):
                              key=f"train_epochs_{mode}", disabled=probe,
                              help="the linear probe is one converged fit" if probe
                              else TrainConfig.field_help("epochs"))
-    lr = c2.number_input("Learning rate", 1e-6, 1.0, DEFAULT_LR[mode], format="%.0e", step=1e-4,
+    lr = c2.number_input("Learning rate", *LR_RANGE, DEFAULT_LR[mode], format="%.0e", step=1e-4,
                          key=f"train_lr_{mode}", disabled=probe,
                          help="the probe's regularisation is chosen by cross-validation" if probe
                          else TrainConfig.field_help("lr"))

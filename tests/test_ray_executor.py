@@ -95,6 +95,8 @@ def test_a_bad_executor_setting_is_one_clear_line(monkeypatch):
     with pytest.raises(UserError, match="TS_EXECUTOR must be one of local, ray"):
         jobs.submit(_queued_run("bad-executor"))
     # A Ray head nobody answers at: the job fails at once, saying where it looked (no retrying for minutes).
+    # The dispatcher reads the settings when it starts: wait out one an earlier test left running.
+    _wait(lambda: _dispatcher_pid() is None, 60)
     monkeypatch.setenv("TS_EXECUTOR", "ray")
     monkeypatch.setenv("TS_RAY_ADDRESS", "127.0.0.1:9")
     run = _queued_run("unreachable")

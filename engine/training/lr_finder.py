@@ -29,7 +29,10 @@ from engine.training.freeze import param_groups
 from engine.training.loop import train_one_epoch
 from engine.training.runner import fit_head, prepare
 
-__all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "start_lr_find"]
+__all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "start_lr_find", "LR_RANGE"]
+
+# The range swept, and so the range a suggestion (and the Train page's learning-rate input) can take.
+LR_RANGE = (1e-7, 1.0)
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> dict:
@@ -74,7 +77,7 @@ class LRFinder(Callback):
         return self._stop
 
 
-def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 1.0,
+def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = LR_RANGE[0], end_lr: float = LR_RANGE[1],
             smoothing: float = 0.98, diverge: float = 4.0) -> dict:
     """Sweep the LR on ``config``'s setup; returns ``{"lrs", "losses", "suggested_lr", ...}``."""
     if not 0 < start_lr < end_lr:
