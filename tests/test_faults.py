@@ -98,8 +98,10 @@ def test_server_restart_mid_run_keeps_the_job_or_marks_it_interrupted(shapes_dir
     env = os.environ.copy() | {"TRANSFER_STUDIO_HOME": str(workspace_home)}
     env.pop("TS_PROFILE", None)
     port, log = free_port(), workspace_home / "fault-server.log"
+    # The victim must still be training when it is killed: 30 epochs of these images took 8 s on a quiet
+    # machine, less than the page visits before the kill; it is killed (or cancelled) long before 400.
     survivor, victim = queued_run(shapes_dir, "fault-restart", epochs=15), queued_run(shapes_dir, "fault-dies",
-                                                                                      epochs=30)
+                                                                                      epochs=400)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
