@@ -210,3 +210,18 @@ def test_skipped_validation_epochs_and_the_final_report_agree(shapes_dir):
     best = min(metrics[1:], key=lambda m: m["val_loss"])
     assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] == best["epoch"] == report["best_epoch"]
     assert report["accuracy"] == pytest.approx(best["val_acc"])
+
+
+def test_patience_counts_epochs_when_validation_skips_some():
+    from engine.training.state import EarlyStopping
+
+    early = EarlyStopping(patience=3)
+    assert early.update(1.0, epochs=2)  # validated every other epoch (val_every 2)
+    assert not early.update(1.1, epochs=2) and not early.stop  # 2 epochs without a better loss
+    assert not early.update(1.2, epochs=2) and early.stop  # 4 >= 3: two validations, four epochs
+    every_epoch = EarlyStopping(patience=3)
+    for loss in (1.0, 1.1, 1.2):
+        every_epoch.update(loss)
+    assert not every_epoch.stop  # 2 epochs
+    every_epoch.update(1.3)
+    assert every_epoch.stop

@@ -420,6 +420,7 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
     net = _wrap(model, config, setup, dist_ctx)
     every = validation_every(config, len(p.y_train), len(p.y_val))
     best_val: tuple[int, dict] | None = None  # the best epoch's validation result, reused by the final report
+    validated = start_epoch - 1  # the last epoch validated (or resumed from)
     cb.on_stage("train", f"{config.mode} training for {config.epochs} epochs")
     cb.on_train_start()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -448,11 +449,13 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
         if config.mode == "gradual":
             record["open_stages"] = open_stages
         state.epoch = epoch
-        if val is not None and state.early.update(val["val_loss"]):
+        if val is not None and state.early.update(val["val_loss"], epochs=epoch - validated):
             record["best"] = True
             best_val = (epoch, val)
             if dist_ctx.is_main:
                 _save_checkpoint(run.best_checkpoint, model, config, classes, epoch)
+        if val is not None:
+            validated = epoch
         if dist_ctx.is_main:
             # last.pt before the metrics line: a kill between the two loses one line, not the epoch.
             _save_checkpoint(run.last_checkpoint, model, config, classes, epoch,

@@ -25,12 +25,13 @@ class EarlyStopping(Callback):
         self.best_loss = math.inf
         self.bad_epochs = 0
 
-    def update(self, val_loss: float) -> bool:
-        """Record an epoch's validation loss; True when it is the best so far."""
+    def update(self, val_loss: float, epochs: int = 1) -> bool:
+        """Record a validation loss, ``epochs`` epochs after the previous one (``val_every`` may skip
+        epochs: patience stays in epochs); True when it is the best so far."""
         if val_loss < self.best_loss:
             self.best_loss, self.bad_epochs = val_loss, 0
             return True
-        self.bad_epochs += 1
+        self.bad_epochs += epochs
         return False
 
     @property
