@@ -13,11 +13,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.runs import jobs
+from engine.runs import TERMINAL_STATES, jobs
 from engine.data.images import ImageProblem
 from engine.errors import UserError
 from engine.hosting.limits import training_ceilings
-from engine.runs.view import run_settled, suggest_image_size
+from engine.runs.view import suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
 from engine.runs.tasks import task_state
@@ -195,8 +195,8 @@ head_l.subheader(f"Run `{run.id}`")
 head_l.caption(f"{config.get('backbone')} · {MODE_LABELS.get(config.get('mode'), config.get('mode'))} · "
                f"{config.get('epochs')} epochs · lr {config.get('lr')} · {config.get('image_size')} px · "
                f"batch {config.get('batch_size')} · dataset {Path(str(config.get('dataset'))).name}")
-settled = run_settled(run)
 state_now = run.status().get("state")
+settled = state_now in TERMINAL_STATES  # from the same read: the fragment below reruns on any change
 if not settled and state_now in ("queued", "running"):
     if head_r.button("Cancel run", icon=":material/stop:", key="cancel_run"):
         jobs.cancel(run)
@@ -266,7 +266,7 @@ def _draw_status(status: dict) -> None:
 def live_view() -> None:
     status = run.status()
     if not settled and status.get("state") != state_now:
-        st.rerun()  # queued -> running: poll at the running pace (and the buttons follow the state)
+        st.rerun()  # once per change: queued -> running polls faster; a finished run redraws with its evaluation
     _draw_status(status)
     metrics = run.metrics()
     if metrics:
@@ -276,8 +276,6 @@ def live_view() -> None:
         right.plotly_chart(acc_fig, width="stretch", key="acc_curve")
     elif status.get("state") in ("queued", "running"):
         st.caption("Curves appear after the first epoch.")
-    if not settled and run_settled(run):
-        st.rerun()  # once: the full page redraws with the evaluation
 
 
 live_view()
