@@ -9,8 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 from engine.export.inference import release_idle_models
-from engine.hosting.audit import configure_logging
-from engine.hosting.profile import hosted
+from engine.settings.audit import configure_logging
+from engine.settings.profile import hosted
 from engine.hosting.workspaces import remove_idle_workspaces
 from engine.runs.jobs import resume_queue
 from engine.runs.view import run_label

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.hosting.limits import limit_rows, limits, short_id, workspace_usage_bytes
-from engine.hosting.profile import hosted
+from engine.settings.audit import short_id
+from engine.settings.limits import limit_rows, limits, workspace_usage_bytes
+from engine.settings.profile import hosted
 from engine.hosting.sharing import app_link
 from engine.workspace import workspace_id
 from app.state import WORKSPACE_PARAM, workspace_token

@@ -15,8 +15,8 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from engine.data.builtin import DEFAULT_DATASET
 from engine.hosting.access import login_configured
-from engine.hosting.audit import audit
-from engine.hosting.profile import hosted
+from engine.settings.audit import audit
+from engine.settings.profile import hosted
 from engine.hosting.sharing import SHARE_PARAM
 from engine.hosting.workspaces import new_token, touch, valid_token, workspace_for_identity, workspace_for_token
 from engine.runs import Run

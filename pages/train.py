@@ -16,7 +16,7 @@ import streamlit as st
 from engine.runs import TERMINAL_STATES, jobs
 from engine.data.images import ImageProblem
 from engine.errors import UserError
-from engine.hosting.limits import training_ceilings
+from engine.settings.limits import training_ceilings
 from engine.runs.view import suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS

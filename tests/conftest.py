@@ -64,7 +64,7 @@ def _workspace_left_as_found(request):
     Streamlit session's resolver on the hosted profile) would send the next test's runs where its
     pages do not look; under pytest-xdist that next test is a different one on every run."""
     yield
-    from engine.hosting.profile import hosted
+    from engine.settings.profile import hosted
     from engine.workspace import workspace_id
 
     left = {"TS_WORKSPACE": os.environ.get("TS_WORKSPACE"), "TS_PROFILE": os.environ.get("TS_PROFILE"),

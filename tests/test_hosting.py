@@ -20,7 +20,8 @@ from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
 from engine.hosting.commands import enter_workspace
 from engine.hosting.idle_cache import IdleCache
-from engine.hosting.limits import check_can_queue, limits
+from engine.runs.jobs import check_can_queue
+from engine.settings.limits import limits
 from engine.hosting.sharing import is_shared, share_run
 from engine.hosting.workspaces import new_token, remove_idle_workspaces, touch, workspace_for_token
 from engine.runs import Run, list_runs, new_run

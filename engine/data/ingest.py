@@ -20,7 +20,7 @@ from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.data.images import IMAGE_SUFFIXES
 from engine.data.zipsafe import check_upload_size, safe_extract
 from engine.errors import UserError
-from engine.hosting.limits import check_dataset_upload
+from engine.settings.limits import check_dataset_upload
 from engine.workspace import atomic_dir, datasets_dir, file_sha256, shared_datasets_dir
 
 __all__ = [

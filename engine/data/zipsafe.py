@@ -11,8 +11,8 @@ from engine.workspace import atomic_dir
 __all__ = ["ZipLimits", "safe_extract", "max_upload_bytes", "check_upload_size"]
 
 def max_upload_bytes() -> int:
-    """Engine-side upload limit: the ``max_upload_mb`` limit (``$TS_MAX_UPLOAD_MB``, engine.hosting.limits)."""
-    from engine.hosting.limits import limits
+    """Engine-side upload limit: the ``max_upload_mb`` limit (``$TS_MAX_UPLOAD_MB``, engine.settings.limits)."""
+    from engine.settings.limits import limits
 
     return int(limits().max_upload_mb * 1024**2)
 

@@ -133,7 +133,7 @@ class OnnxClassifier:
 
 
 def _idle_s() -> float:
-    from engine.hosting.limits import limits
+    from engine.settings.limits import limits
 
     return limits().model_idle_minutes * 60
 

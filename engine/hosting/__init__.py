@@ -1,8 +1,6 @@
 """Hosting: several visitors on one server (``TS_PROFILE=hosted``); nothing here imports streamlit.
+The profile, the limits and the audit log are settings: :mod:`engine.settings`.
 
-``engine.hosting.profile``     which profile is on (local: one workspace, as always; hosted: one per visitor)
-``engine.hosting.limits``      every limit in one frozen dataclass, from ``TS_*`` variables or one TOML file,
-                               and the checks that refuse with the limit and what to do
 ``engine.hosting.workspaces``  visitor token -> workspace, last use, the idle-workspace clean-up (TTL)
 ``engine.hosting.sharing``     read-only share links to one run (its results and model demo)
 ``engine.hosting.access``      the optional shared password and the login identity's workspace

@@ -40,7 +40,7 @@ def require_operator(what: str) -> None:
     """Hosted: a change to what every workspace shares (``what``) is the operator's (the CLI, no visitor
     workspace), never a visitor's; raises UserError for a visitor."""
     from engine.errors import UserError
-    from engine.hosting.profile import hosted
+    from engine.settings.profile import hosted
     from engine.workspace import workspace_id
 
     if hosted() and workspace_id() is not None:

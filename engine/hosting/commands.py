@@ -19,7 +19,7 @@ def enter_workspace(args) -> None:
     Set for the whole process, so what it starts inherits it."""
     import os
 
-    from engine.hosting.limits import short_id
+    from engine.settings.audit import short_id
     from engine.workspace import WORKSPACE_ENV, workspace_of
 
     run_dir = getattr(args, "run_dir", None)
@@ -47,8 +47,8 @@ def cmd_health(args) -> int:
 
 
 def cmd_limits(args) -> int:
-    from engine.hosting.limits import limit_rows
-    from engine.hosting.profile import profile
+    from engine.settings.limits import limit_rows
+    from engine.settings.profile import profile
 
     rows = limit_rows()
     if args.json:

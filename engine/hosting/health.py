@@ -53,8 +53,8 @@ def _disk() -> str:
 
 def health_report() -> dict:
     """``ok`` (all checks passed) and one entry per check."""
-    from engine.hosting.limits import limits
-    from engine.hosting.profile import profile
+    from engine.settings.limits import limits
+    from engine.settings.profile import profile
     from engine.workspace import home, workspace_root
 
     checks = [

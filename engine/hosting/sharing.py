@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from engine.errors import UserError
-from engine.hosting.audit import audit
+from engine.settings.audit import audit
 from engine.hosting.workspaces import new_token, valid_token
 from engine.runs import Run
 from engine.workspace import home, read_json, workspace_of, write_json_atomic

@@ -104,8 +104,9 @@ def remove_idle_workspaces(now: float | None = None, ttl_days: float | None = No
     """Remove workspaces unused for ``ttl_days`` (default: the limit) with their files, except their shared
     and queued/running runs, which stay (with the workspace folder around them). One dict per workspace
     touched: ``workspace`` (short id), ``idle_days``, ``removed`` (whole workspace or not), ``kept`` runs."""
-    from engine.hosting.audit import audit
-    from engine.hosting.limits import limits, short_id
+    from engine.settings.audit import audit
+    from engine.settings.audit import short_id
+    from engine.settings.limits import limits
 
     now = time.time() if now is None else now
     ttl_s = (limits().workspace_ttl_days if ttl_days is None else ttl_days) * 86400

@@ -31,10 +31,14 @@ from engine.runs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExe
                                    open_executor)
 from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
 from engine.runs.tasks import engine_command, log_tail, pid_alive, spawn
-from engine.workspace import home
+from engine.settings.audit import audit
+from engine.settings.limits import check_disk_quota, limits
+from engine.settings.profile import hosted
+from engine.workspace import home, workspace_id, workspace_of
 
 __all__ = ["queue_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
-           "dispatch_forever", "ensure_dispatcher", "recover_interrupted", "resume_queue", "max_concurrent"]
+           "check_can_queue", "dispatch_forever", "ensure_dispatcher", "recover_interrupted", "resume_queue",
+           "max_concurrent"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,8 +71,8 @@ def _db() -> sqlite3.Connection:
 
 
 def max_concurrent() -> int:
-    """Jobs at once: TS_MAX_JOBS, else TS_JOBS_PER_DEVICE per GPU (or on the CPU) (engine.hosting.limits)."""
-    from engine.hosting.limits import jobs_at_once
+    """Jobs at once: TS_MAX_JOBS, else TS_JOBS_PER_DEVICE per GPU (or on the CPU) (engine.settings.limits)."""
+    from engine.settings.limits import jobs_at_once
 
     try:
         import torch
@@ -115,6 +119,38 @@ def submit(run: Run, resume: bool = False) -> int:
     return job_id
 
 
+def _active_jobs_here() -> int:
+    """This workspace's runs in the queue or running (by the queue, or by their status)."""
+    from engine.runs.run_dir import list_runs
+
+    wid = workspace_id()
+    active = {str(Path(job["run_dir"]).resolve()) for job in list_jobs()
+              if job["state"] in ("queued", "running") and workspace_of(job["run_dir"]) == wid}
+    active |= {str(run.path.resolve()) for run in list_runs()
+               if run.status().get("state") in ("queued", "running")}
+    return len(active)
+
+
+def check_can_queue(config) -> None:
+    """Before a training run is queued (:func:`queue_run`): hosted ceilings, this workspace's
+    queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
+    if hosted():
+        cap = limits()
+        if int(config.epochs) > cap.max_epochs:
+            raise UserError(f"{config.epochs} epochs is over this server's ceiling of {cap.max_epochs} "
+                            "(TS_MAX_EPOCHS); choose fewer epochs")
+        if config.image_size is not None and int(config.image_size) > cap.max_image_size:
+            raise UserError(f"image size {config.image_size} px is over this server's ceiling of "
+                            f"{cap.max_image_size} px (TS_MAX_IMAGE_SIZE); choose a smaller size")
+        active = _active_jobs_here()
+        if active >= cap.max_queued_per_workspace:
+            raise UserError(f"this workspace already has {active} training job(s) queued or running, the most "
+                            f"allowed (TS_MAX_QUEUED={cap.max_queued_per_workspace}); wait for one to finish "
+                            "or cancel one on the Runs page")
+        check_disk_quota()
+    audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)
+
+
 def queue_run(config, label: str | None = None) -> Run:
     """Check what the user can fix, then create the run directory and queue it (the Train page and the CLI).
 
@@ -124,7 +160,6 @@ def queue_run(config, label: str | None = None) -> Run:
     run directory exists.
     """
     from engine.data.dataset import load_dataset
-    from engine.hosting.limits import check_can_queue
     from engine.models import get_spec
     from engine.models.registry import weights_available
 

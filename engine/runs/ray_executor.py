@@ -146,7 +146,7 @@ class RayExecutor:
 
     def capacity(self) -> int:
         """The same rule as on one machine (``TS_MAX_JOBS``, else per GPU), over the cluster's GPUs now."""
-        from engine.hosting.limits import jobs_at_once
+        from engine.settings.limits import jobs_at_once
 
         return jobs_at_once(int(ray.cluster_resources().get("GPU", 0)))
 

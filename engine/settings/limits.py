@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.hosting.profile import hosted
+from engine.settings.profile import hosted
 from engine.workspace import workspace_id, workspace_root
 
-__all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_can_queue", "check_dataset_upload",
-           "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "short_id", "training_ceilings"]
+__all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_dataset_upload",
+           "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "training_ceilings"]
 
 LIMITS_FILE_ENV = "TS_LIMITS_FILE"
 
@@ -100,12 +100,6 @@ def training_ceilings(epochs: int, image_size: int) -> tuple[int, int]:
     return min(epochs, int(current.max_epochs)), min(image_size, int(current.max_image_size))
 
 
-def short_id(wid: str | None = None) -> str:
-    """The current (or given) workspace as it appears in logs: 8 hex characters of its id, never a token."""
-    wid = wid if wid is not None else workspace_id()
-    return wid[:8] if wid else "local"
-
-
 def jobs_at_once(devices: int) -> int:
     """Training jobs the dispatcher runs at once: ``TS_MAX_JOBS``, else ``jobs_per_device`` per device."""
     if os.environ.get("TS_MAX_JOBS"):
@@ -147,39 +141,3 @@ def check_dataset_upload(images: int, unpacked_bytes: int = 0) -> None:
         raise UserError(f"the upload holds {images:,} images, over the limit of {most:,} per dataset "
                         "(TS_MAX_IMAGES); upload a sample of it")
     check_disk_quota(unpacked_bytes)
-
-
-def _active_jobs_here() -> int:
-    """This workspace's runs in the queue or running (by the queue, or by their status)."""
-    from engine.runs import list_runs
-    from engine.runs.jobs import list_jobs
-    from engine.workspace import workspace_of
-
-    wid = workspace_id()
-    active = {str(Path(job["run_dir"]).resolve()) for job in list_jobs()
-              if job["state"] in ("queued", "running") and workspace_of(job["run_dir"]) == wid}
-    active |= {str(run.path.resolve()) for run in list_runs()
-               if run.status().get("state") in ("queued", "running")}
-    return len(active)
-
-
-def check_can_queue(config) -> None:
-    """Before a training run is queued (``engine.runs.jobs.queue_run``): hosted ceilings, this workspace's
-    queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
-    if hosted():
-        cap = limits()
-        if int(config.epochs) > cap.max_epochs:
-            raise UserError(f"{config.epochs} epochs is over this server's ceiling of {cap.max_epochs} "
-                            "(TS_MAX_EPOCHS); choose fewer epochs")
-        if config.image_size is not None and int(config.image_size) > cap.max_image_size:
-            raise UserError(f"image size {config.image_size} px is over this server's ceiling of "
-                            f"{cap.max_image_size} px (TS_MAX_IMAGE_SIZE); choose a smaller size")
-        active = _active_jobs_here()
-        if active >= cap.max_queued_per_workspace:
-            raise UserError(f"this workspace already has {active} training job(s) queued or running, the most "
-                            f"allowed (TS_MAX_QUEUED={cap.max_queued_per_workspace}); wait for one to finish "
-                            "or cancel one on the Runs page")
-        check_disk_quota()
-    from engine.hosting.audit import audit
-
-    audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["audit", "configure_logging", "LOGGER"]
+from engine.workspace import workspace_id
+
+__all__ = ["audit", "configure_logging", "short_id", "LOGGER"]
 
 LOGGER = "transfer_studio"
 _log = logging.getLogger(LOGGER)
@@ -24,9 +26,13 @@ def configure_logging() -> None:
     _log.setLevel(logging.INFO)
 
 
+def short_id(wid: str | None = None) -> str:
+    """The current (or given) workspace as it appears in logs: 8 hex characters of its id, never a token."""
+    wid = wid if wid is not None else workspace_id()
+    return wid[:8] if wid else "local"
+
+
 def audit(event: str, wid: str | None = None, **fields) -> None:
     """Log ``event`` for the current (or given) workspace with ``fields`` as key=value."""
-    from engine.hosting.limits import short_id
-
     detail = " ".join(f"{k}={v}" for k, v in fields.items())
     _log.info("workspace=%s %s%s", short_id(wid), event, f" {detail}" if detail else "")
