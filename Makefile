@@ -1,5 +1,5 @@
 # The README's two commands: `make run` and `make test`. Each does all set-up first.
-.PHONY: run test test-fast lint setup setup-dev bench
+.PHONY: run test test-fast lint setup setup-dev bench bench-load
 
 run: setup
 	.venv/bin/streamlit run streamlit_app.py
@@ -23,3 +23,7 @@ setup:
 
 setup-dev:
 	bash scripts/setup.sh --dev
+
+# The hosted app under 8 browser sessions while a fine-tune trains (test tooling in tests/load/, not product).
+bench-load: setup-dev
+	.venv/bin/python -m tests.load --sessions 8

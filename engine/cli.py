@@ -229,15 +229,6 @@ def cmd_bench_health(args) -> int:
     return 0
 
 
-def cmd_bench_load(args) -> int:
-    from engine.bench.load import format_report, load_test
-
-    report = load_test(args.sessions, probe_image_size=args.image_size, keep=args.keep,
-                       progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
-    _print_json(report) if args.json else print(format_report(report))
-    return 0 if report["passed"] else 1
-
-
 def cmd_bench_recipe(args) -> int:
     from engine.bench.recipe import METHODS, bench_recipe, format_table
 
@@ -555,14 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="threads for every engine (default: all cores)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_infer)
-
-    p = bench_sub.add_parser("load", help="hosted app under N browser sessions while a fine-tune trains: page "
-                                          "time vs a trivial app, peak RSS, queue fairness, isolation")
-    p.add_argument("--sessions", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=32, help="the sessions' linear-probe image size")
-    p.add_argument("--keep", action="store_true", help="keep the temporary home and the server logs")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench_load)
 
     p = sub.add_parser("export", help="export a run to ONNX and check parity")
     p.add_argument("run_dir")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.bench.load import CHROMIUM, CHROMIUM_ARGS, IDLE, serve
+from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, serve
 
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from conftest import job_pid, queued_run, wait_for
-from engine.bench.load import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, serve
+from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, serve
 from engine.runs import jobs
 from engine.runs.tasks import kill_group, pid_alive
 from engine.runs.view import run_settled

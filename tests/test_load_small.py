@@ -1,8 +1,8 @@
 """The load bench at test size: two browser sessions on the hosted app while a (small) fine-tune trains.
 
 Each session uploads its own digits classes, trains a linear probe, watches it, predicts and exports;
-the checks are the bench's own (engine/bench/load.py): isolation, own results, a fair queue, a clean
-server log. No timing is asserted; `python -m engine bench load` prints the figures.
+the checks are the bench's own (tests/load/harness.py): isolation, own results, a fair queue, a clean
+server log. No timing is asserted; `make bench-load` prints the figures.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.bench.load import CHROMIUM, format_report, load_test
+from tests.load.harness import CHROMIUM, format_report, load_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

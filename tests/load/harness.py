@@ -1,7 +1,8 @@
 """Load bench of the hosted profile: N browser sessions against the real app while a fine-tune trains.
 
-``python -m engine bench load [--sessions 8] [--json]`` starts the real app (``streamlit run
-streamlit_app.py``, ``TS_PROFILE=hosted``, a temporary ``TRANSFER_STUDIO_HOME``, a free port) and a
+Test tooling, not product: ``make bench-load`` (``python -m tests.load [--sessions 8] [--json]``) starts
+the real app (``streamlit run streamlit_app.py``, ``TS_PROFILE=hosted``, a temporary ``TRANSFER_STUDIO_HOME``,
+a free port) and a
 trivial Streamlit app with the same page names, queues one full fine-tune first, then drives N
 Playwright contexts of one Debian chromium: each opens the app (a fresh workspace), uploads its own
 small digits .zip (its own classes, named after the session), starts a linear probe, watches it
@@ -25,7 +26,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,7 +44,7 @@ import numpy as np
 __all__ = ["load_test", "format_report", "serve", "start_server", "stop_server", "Server", "free_port", "trivial_app",
            "session_dataset", "PAGE_TITLES", "CHROMIUM", "CHROMIUM_ARGS", "IDLE", "server_log_errors", "tree_rss_mb"]
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync", "--disable-quic"]
@@ -301,15 +301,32 @@ class Bench:
         return _jobs_running(self.home) > 0
 
 
-def _jobs_running(home: Path) -> int:
-    db = home / "jobs.sqlite"
-    if not db.is_file():
-        return 0
+@contextmanager
+def _in_home(home: Path) -> Iterator[None]:
+    """Read the bench's server home (not this process's) through the engine's own API."""
+    before = os.environ.get("TRANSFER_STUDIO_HOME")
+    os.environ["TRANSFER_STUDIO_HOME"] = str(home)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRANSFER_STUDIO_HOME", None)
+        else:
+            os.environ["TRANSFER_STUDIO_HOME"] = before
+
+
+def _jobs(home: Path) -> list[dict]:
+    """The queue's rows (engine.runs.jobs), [] before the server created the queue."""
+    from engine.runs.jobs import list_jobs
+
+    if not (home / "jobs.sqlite").is_file():
+        return []
+    with _in_home(home):
+        return list_jobs()
+
+
+def _jobs_running(home: Path) -> int:
+    return sum(job["state"] == "running" for job in _jobs(home))
 
 
 async def _settle(page, timeout_ms: int) -> None:
@@ -509,10 +526,8 @@ def _queue_finetune(home: Path, env: dict[str, str], data: str, image_size: int,
 
 
 def _queue_order(home: Path) -> list[dict]:
-    with sqlite3.connect(home / "jobs.sqlite", timeout=30) as conn:
-        rows = conn.execute("SELECT id, run_dir, created, started, finished FROM jobs ORDER BY id").fetchall()
-    return [{"job": r[0], "run": Path(r[1]).name, "workspace": Path(r[1]).parent.parent.name[:8],
-             "queued": r[2], "started": r[3], "finished": r[4]} for r in rows]
+    return [{"job": j["id"], "run": Path(j["run_dir"]).name, "workspace": Path(j["run_dir"]).parent.parent.name[:8],
+             "queued": j["created"], "started": j["started"], "finished": j["finished"]} for j in _jobs(home)]
 
 
 def _stop_workers(home: Path) -> None:
@@ -522,10 +537,9 @@ def _stop_workers(home: Path) -> None:
     pid_file = home / "dispatcher.pid"
     if pid_file.is_file() and pid_file.read_text().strip().isdigit():
         kill_group(int(pid_file.read_text()), signal.SIGKILL)
-    if (home / "jobs.sqlite").is_file():
-        with sqlite3.connect(home / "jobs.sqlite", timeout=30) as conn:
-            for (pid,) in conn.execute("SELECT pid FROM jobs WHERE state='running'"):
-                kill_group(pid, signal.SIGKILL)
+    for job in _jobs(home):
+        if job["state"] == "running" and job["pid"]:
+            kill_group(job["pid"], signal.SIGKILL)
 
 
 def _percentiles(values: list[float]) -> dict:
