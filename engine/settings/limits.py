@@ -9,16 +9,17 @@ variable that sets it and what the visitor can do.
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from engine.errors import UserError
 from engine.settings.profile import hosted
-from engine.workspace import workspace_id, workspace_root
+from engine.workspace import home, workspace_id, workspace_root
 
 __all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_dataset_upload",
-           "check_disk_quota", "workspace_usage_bytes", "jobs_at_once", "training_ceilings"]
+           "check_disk_quota", "check_free_disk", "workspace_usage_bytes", "jobs_at_once", "training_ceilings"]
 
 LIMITS_FILE_ENV = "TS_LIMITS_FILE"
 
@@ -44,8 +45,20 @@ class Limits:
     workspace_ttl_days: float = _limit(14.0, "TS_WORKSPACE_TTL_DAYS", "a workspace unused this long is removed "
                                        "with its files (never a shared run, nor a queued or running one)",
                                        hosted_only=True)
+    tasks_at_once: int = _limit(4, "TS_MAX_TASKS", "background tasks (evaluation, export, LR finder, sweep, "
+                                "embedding map, insight) running at once on the server")
+    tasks_per_workspace: int = _limit(2, "TS_MAX_TASKS_PER_WORKSPACE", "background tasks one workspace may have "
+                                      "running at once", hosted_only=True)
+    min_free_disk_mb: float = _limit(1024.0, "TS_MIN_FREE_DISK_MB", "free disk under $TRANSFER_STUDIO_HOME "
+                                     "below which no job or task starts, MB")
+    max_job_hours: float = _limit(12.0, "TS_MAX_JOB_HOURS", "wall-clock time one training job may run before "
+                                  "it is stopped, hours")
+    max_task_hours: float = _limit(12.0, "TS_MAX_TASK_HOURS", "wall-clock time one background task may run "
+                                   "before it is stopped, hours")
     model_idle_minutes: float = _limit(15.0, "TS_MODEL_IDLE_MINUTES", "a loaded model no session has used this "
                                        "long is released (GPU memory included)")
+    decoded_cache_gb: float = _limit(4.0, "TS_DECODED_CACHE_GB", "decoded images one dataset may keep on disk "
+                                     "(all its splits at one size), GB; a linear probe over more streams instead")
 
 
 def _read_file() -> dict:
@@ -132,6 +145,15 @@ def check_disk_quota(adding_bytes: int = 0) -> None:
         more = f" (plus {adding_bytes / 1024**2:,.0f} MB for this one)" if adding_bytes else ""
         raise UserError(f"this workspace uses {used / 1024**2:,.0f} MB{more}, over its {quota_mb:,g} MB disk "
                         "quota (TS_DISK_QUOTA_MB); delete old runs or uploads first")
+
+
+def check_free_disk() -> None:
+    """Refuse new work when the disk under the server root is below its free-space watermark."""
+    floor_mb = limits().min_free_disk_mb
+    free_mb = shutil.disk_usage(home()).free / 1024**2
+    if free_mb < floor_mb:
+        raise UserError(f"the server has {free_mb:,.0f} MB of disk free, under its floor of {floor_mb:,g} MB "
+                        "(TS_MIN_FREE_DISK_MB); try again later or ask the operator to free space")
 
 
 def check_dataset_upload(images: int, unpacked_bytes: int = 0) -> None:
