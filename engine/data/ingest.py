@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 from engine.data.builtin import BUILTIN_DATASETS
 from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.data.images import IMAGE_SUFFIXES
-from engine.data.zipsafe import check_upload_size, safe_extract
+from engine.data.zipsafe import check_upload_size, open_zip, safe_extract
 from engine.errors import UserError
 from engine.settings.limits import check_dataset_upload
 from engine.workspace import atomic_dir, datasets_dir, file_sha256, shared_datasets_dir
@@ -104,12 +103,10 @@ def ingest_zip(zip_path: Path, name: str | None = None) -> Path:
 
 
 def _check_limits(images_zip: Path) -> None:
-    """Images per dataset and the workspace's disk quota, from the zip's directory, before extracting."""
-    try:
-        with zipfile.ZipFile(images_zip) as archive:
-            infos = [i for i in archive.infolist() if not i.is_dir()]
-    except zipfile.BadZipFile:
-        return  # safe_extract says what is wrong with it
+    """Images per dataset and the workspace's disk quota, from the zip's directory, before extracting
+    (the bounded reader checks the entry count from the zip's end record before the directory is parsed)."""
+    with open_zip(images_zip, images_zip.name) as archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
     images = sum(1 for i in infos if Path(i.filename).suffix.lower() in IMAGE_SUFFIXES)
     check_dataset_upload(images, sum(i.file_size for i in infos))
 
@@ -161,7 +158,8 @@ def server_datasets() -> list[str]:
 
 def uploaded_datasets() -> list[str]:
     """Dataset folders made from uploads, newest first."""
-    folders = [p for p in datasets_dir().iterdir()
+    root = datasets_dir()
+    folders = [p for p in (root.iterdir() if root.is_dir() else ())
                if p.is_dir() and not p.name.startswith(".") and not p.name.startswith("builtin-")]
     return [str(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)]
 

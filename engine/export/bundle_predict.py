@@ -26,6 +26,8 @@ from PIL import Image, ImageOps
 
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Only these decoders (as engine/data/images.py IMAGE_FORMATS): EPS would run Ghostscript.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -47,7 +49,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_rgb(path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
                 raise ValueError(f"image is {img.size[0]}x{img.size[1]}, over the {MAX_IMAGE_PIXELS:,} pixel limit")
             img.load()
