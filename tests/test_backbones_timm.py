@@ -79,7 +79,7 @@ def test_timm_weights_file_through_timm_stages_and_features(own_weights_dir, tmp
 
     from engine.features.extract import backbone_key, feature_extractor
     from engine.training.freeze import apply_freeze_policy
-    from engine.training.loop import resolve_device
+    from engine.device import resolve_device
 
     key_before = backbone_key(TIMM_SMALL, 32)
     state = random_timm_state(TIMM_SMALL)

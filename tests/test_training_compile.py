@@ -13,7 +13,8 @@ from torch import nn
 from engine.models.registry import TransferModel
 from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext
-from engine.training.loop import evaluate, resolve_device, train_one_epoch
+from engine.device import resolve_device
+from engine.training.loop import evaluate, train_one_epoch
 from engine.training.runner import _wrap
 
 pytestmark = pytest.mark.slow  # torch.compile takes half a minute even on the tiny backbone

@@ -14,7 +14,8 @@ from engine.training.augment import augment_batch, mix_batch
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
 from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
-from engine.training.loop import resolve_device, train_one_epoch
+from engine.device import resolve_device
+from engine.training.loop import train_one_epoch
 from engine.training.lr_finder import find_lr
 from engine.training.runner import resume, train
 

@@ -22,7 +22,7 @@ from engine.data.dataset import load_dataset
 from engine.data.tensors import decode_split
 from engine.models import create_model, get_spec
 from engine.training.augment import augment_batch, normalize
-from engine.training.loop import resolve_device
+from engine.device import resolve_device
 
 __all__ = ["bench_train", "format_report"]
 

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
+from engine.device import ort_threads
 from engine.errors import UserError
 from engine.hosting.idle_cache import IdleCache
 
-__all__ = ["OnnxClassifier", "get_classifier", "release_idle_models", "ort_threads", "softmax"]
+__all__ = ["OnnxClassifier", "get_classifier", "release_idle_models", "softmax"]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -20,17 +20,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def ort_threads() -> int:
-    """Threads per onnxruntime session.
-
-    Several users share one server; each session using every core would
-    oversubscribe the CPU. ``TS_ORT_THREADS`` overrides.
-    """
-    if "TS_ORT_THREADS" in os.environ:
-        return max(1, int(os.environ["TS_ORT_THREADS"]))
-    return max(1, min(4, (os.cpu_count() or 2)))
 
 
 class OnnxClassifier:

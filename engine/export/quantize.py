@@ -78,7 +78,7 @@ class _ArrayReader:
 def _session(path: Path):
     import onnxruntime as ort
 
-    from engine.export.inference import ort_threads
+    from engine.device import ort_threads
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = ort_threads()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from engine.models import create_model, get_spec
-from engine.training.loop import DeviceSetup, resolve_device
+from engine.device import DeviceSetup, resolve_device
 from engine.workspace import shared_cache_dir
 
 __all__ = ["FeatureExtractor", "feature_extractor", "backbone_key", "ort_runner"]
@@ -84,7 +84,7 @@ def ort_runner(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     """A CPU onnxruntime session over an ONNX file with one uint8 image input: ``run(batch) -> ndarray``."""
     import onnxruntime as ort
 
-    from engine.export.inference import ort_threads
+    from engine.device import ort_threads
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -132,7 +132,8 @@ def scratch_baseline(dataset, backbone: str, size: int, sizes: list[int], epochs
 
     from engine.data.tensors import decode_split
     from engine.models import create_model, get_spec
-    from engine.training.loop import evaluate, resolve_device, train_one_epoch
+    from engine.device import resolve_device
+    from engine.training.loop import evaluate, train_one_epoch
 
     classes = dataset.classes
     train = decode_split(dataset, "train", size, classes)

@@ -62,10 +62,10 @@ def measure_latency(backbone: str, size: int, force: bool = False, budget_s: flo
         stored = cached_latency(backbone, size)
         if stored is not None:
             return stored
-    from engine.export.inference import ort_threads
+    from engine.device import ort_threads
     from engine.features.extract import feature_extractor
     from engine.models.registry import create_model
-    from engine.training.loop import resolve_device
+    from engine.device import resolve_device
 
     setup = resolve_device()
     if model is None:

@@ -6,55 +6,16 @@ so the GPU paths (autocast, channels_last) are exercised by the CPU tests too.
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.device import DeviceSetup
 from engine.training.augment import augment_batch, normalize
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.freeze import set_train_mode
 
-__all__ = ["DeviceSetup", "resolve_device", "unwrap", "train_one_epoch", "evaluate"]
-
-
-@dataclass
-class DeviceSetup:
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def needs_scaler(self) -> bool:
-        return self.amp_dtype == torch.float16 and self.device.type == "cuda"
-
-
-def resolve_device(device: str = "auto", amp: str = "auto", channels_last: bool | None = None) -> DeviceSetup:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from engine.errors import UserError
-
-        raise UserError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
-    if amp == "auto":
-        if dev.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amp = "off"  # bf16 on CPUs without AMX is slower than fp32
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    if channels_last is None:
-        channels_last = dev.type == "cuda"
-    return DeviceSetup(dev, amp_dtype, channels_last)
+__all__ = ["unwrap", "train_one_epoch", "evaluate"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -25,7 +25,8 @@ from engine.training.config import TrainConfig
 from engine.training.augment import mix_batch
 from engine.training.distributed import DistContext, init_distributed
 from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
-from engine.training.loop import evaluate, resolve_device, train_one_epoch
+from engine.device import resolve_device
+from engine.training.loop import evaluate, train_one_epoch
 from engine.training.metrics import classification_report
 from engine.training.probe import fit_probe
 from engine.training.state import EarlyStopping, TrainingState
