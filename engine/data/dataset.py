@@ -18,11 +18,12 @@ import pandas as pd
 
 from engine.data.builtin import BUILTIN_DATASETS, materialise
 from engine.data.images import IMAGE_SUFFIXES, inspect_file
+from engine.data.tables import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.errors import UserError
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["Dataset", "load_dataset", "load_split", "read_table", "assign_split", "check_label", "find_table",
-           "MANIFEST_COLUMNS", "TABLE_NAMES"]
+__all__ = ["Dataset", "load_dataset", "load_split", "assign_split", "check_label", "find_table",
+           "MANIFEST_COLUMNS"]
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
@@ -32,10 +33,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 MANIFEST_COLUMNS = ["path", "label", "split", "width", "height", "mode", "bytes", "status",
                     "hash", "phash", "mtime_ns"]
 _FACT_COLUMNS = ["width", "height", "mode", "hash", "phash", "status"]
-TABLE_NAMES = ("labels.csv", "labels.parquet")
-TABLE_SUFFIXES = {".csv", ".parquet"}
 MAX_LABEL_LENGTH = 100
-MAX_TABLE_ROWS = 1_000_000
 _SCAN_THREADS = 2
 _SCAN_CHUNK = 128
 Progress = Callable[[int, int], None]
@@ -207,24 +205,6 @@ def _scan_classes(folder: Path, root: Path, split: str, rows: list[dict], proble
     if loose:
         problems.append(f"{len(loose)} image(s) directly in {folder.name or 'the top folder'} are not in a class "
                         "folder and were ignored")
-
-
-def read_table(table: Path) -> pd.DataFrame:
-    """A labels table (CSV or parquet) with lower-case columns, at least ``path`` and ``label``; UserError if not."""
-    try:
-        if table.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(table)
-        else:
-            frame = pd.read_csv(table, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {table.name} as a table ({type(exc).__name__}: {str(exc)[:120]})") from None
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
-    if not {"path", "label"} <= set(frame.columns):
-        raise UserError(f"{table.name} needs columns 'path' and 'label' (and optionally 'split'); "
-                        f"it has {', '.join(frame.columns[:8]) or 'none'}")
-    if len(frame) > MAX_TABLE_ROWS:
-        raise UserError(f"{table.name} has {len(frame):,} rows, over the limit of {MAX_TABLE_ROWS:,}")
-    return frame
 
 
 def _table_path(text: str, root: Path, real_root: Path) -> tuple[Path | None, str | None]:

@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path
 
 from engine.data.builtin import BUILTIN_DATASETS
-from engine.data.dataset import TABLE_NAMES, TABLE_SUFFIXES, read_table
+from engine.data.tables import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.data.images import IMAGE_SUFFIXES
 from engine.data.zipsafe import check_upload_size, open_zip, safe_extract
 from engine.errors import UserError
 from engine.settings.limits import check_dataset_upload
-from engine.workspace import atomic_dir, datasets_dir, file_sha256, shared_datasets_dir
+from engine.workspace import atomic_dir, datasets_dir, file_sha256, home, shared_datasets_dir
 
 __all__ = [
     "data_roots",
@@ -37,11 +37,19 @@ _MAX_LISTED = 500
 
 
 def data_roots() -> list[Path]:
-    """Operator-configured folders whose datasets visitors may open (``$TS_DATA_ROOTS``)."""
+    """Operator-configured folders whose datasets visitors may open (``$TS_DATA_ROOTS``).
+
+    A root that holds ``$TRANSFER_STUDIO_HOME`` (or lies inside it) is refused: it would offer every
+    visitor's uploads and runs to everyone as a dataset."""
+    server_root = home().resolve()
     roots = []
     for text in os.environ.get("TS_DATA_ROOTS", "").split(os.pathsep):
         if text.strip():
             path = Path(text.strip()).expanduser().resolve()
+            if path.is_relative_to(server_root) or server_root.is_relative_to(path):
+                raise UserError(f"TS_DATA_ROOTS lists {path}, which overlaps the server's own folder "
+                                f"{server_root} (TRANSFER_STUDIO_HOME) and would show every visitor's files; "
+                                "list only folders of datasets outside it")
             if path.is_dir():
                 roots.append(path)
     return roots
@@ -147,8 +155,8 @@ def server_datasets() -> list[str]:
         for depth_one in sorted(root.iterdir()):
             if len(found) >= _MAX_LISTED:
                 return found
-            if depth_one.name.startswith("."):
-                continue
+            if depth_one.name.startswith(".") or depth_one.is_symlink():
+                continue  # a link could lead anywhere on the server
             if depth_one.is_dir():
                 found.append(str(depth_one))
             elif depth_one.suffix.lower() in TABLE_SUFFIXES and depth_one.name not in TABLE_NAMES:
