@@ -367,10 +367,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from engine.models import backbone_catalogue
+    from engine.features.catalogue import backbone_catalogue
 
     if args.measure:
-        from engine.models.latency import measure_latency
+        from engine.features.latency import measure_latency
 
         for r in backbone_catalogue():
             if r["available"]:

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.errors import UserError
-from engine.models import backbone_catalogue
+from engine.features.catalogue import backbone_catalogue
 from engine.sweep import MAX_BACKBONES, MIN_BACKBONES, latest_sweep, start_sweep, sweep_status
 from app.state import current_backbone, current_dataset, set_backbone, require_frame
 

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.models import backbone_catalogue, create_model, get_spec
-from engine.models.registry import availability
+from engine.features.catalogue import backbone_catalogue
+from engine.models import create_model, get_spec
+from engine.models import availability
 from engine.models.supplied import install_weights, supplied_file, weights_dir
 from timm_weights import TIMM_SMALL, random_timm_state, supply_random_timm_weights
 
@@ -121,7 +122,7 @@ def test_vit_stages_keep_tokens_with_the_stem():
 
 def test_sweep_ranks_recommends_and_reuses_the_cache(shapes_dir, own_weights_dir):
     """A torchvision and a timm backbone (the timm one's export and latency come from the test above)."""
-    from engine.models.latency import cached_latency
+    from engine.features.latency import cached_latency
     from engine.sweep import format_sweep, run_sweep
 
     supply_random_timm_weights(own_weights_dir)

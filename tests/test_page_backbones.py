@@ -9,7 +9,7 @@ import pytest
 
 from streamlit.testing.v1 import AppTest
 
-from engine.models import backbone_catalogue
+from engine.features.catalogue import backbone_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60

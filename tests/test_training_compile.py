@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models.registry import TransferModel
+from engine.models import TransferModel
 from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext
 from engine.device import resolve_device

@@ -11,7 +11,7 @@ import hmac
 import os
 from collections.abc import Mapping
 
-__all__ = ["PASSWORD_ENV", "configured_password", "password_ok", "login_configured", "require_operator"]
+__all__ = ["PASSWORD_ENV", "configured_password", "password_ok", "login_configured"]
 
 PASSWORD_ENV = "TS_PASSWORD"
 
@@ -34,15 +34,3 @@ def login_configured(secrets: Mapping | None = None) -> bool:
     """Whether ``[auth]`` is configured in the secrets (OIDC login via ``st.login``)."""
     auth = (secrets or {}).get("auth")
     return isinstance(auth, Mapping) and bool(auth)
-
-
-def require_operator(what: str) -> None:
-    """Hosted: a change to what every workspace shares (``what``) is the operator's (the CLI, no visitor
-    workspace), never a visitor's; raises UserError for a visitor."""
-    from engine.errors import UserError
-    from engine.settings.profile import hosted
-    from engine.workspace import workspace_id
-
-    if hosted() and workspace_id() is not None:
-        raise UserError(f"on this shared server only its operator can {what} (python -m engine on the server); "
-                        "ask them")

@@ -15,8 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine.errors import UserError
+from engine.models.registry import get_spec
+from engine.settings.profile import require_operator
 from engine.workspace import atomic_path, file_sha256, home, read_json, write_json_atomic
 
 __all__ = ["weights_dir", "supplied_file", "weights_identity", "check_state_dict", "read_state_dict",
@@ -93,9 +96,35 @@ def _listed(keys) -> str:
     return ", ".join(keys[:MAX_LISTED]) + more
 
 
+def reference_state_shapes(name: str) -> tuple[dict[str, tuple], set[str]]:
+    """(parameter/buffer name -> shape, the ImageNet classifier's keys) of architecture ``name`` as
+    its published weights have it (native input size, its classifier)."""
+    spec = get_spec(name)
+    if spec.family == "timm":
+        from engine.models.timm_backbones import build_timm, timm_pretrained_cfg
+
+        cfg = timm_pretrained_cfg(str(spec.weights))
+        model = build_timm(str(spec.weights), False, None, num_classes=int(cfg.get("num_classes") or 0))
+        heads = cfg.get("classifier") or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        optional = {f"{h}.{p}" for h in heads for p in ("weight", "bias")}
+    else:
+        if spec.family == "efficientnet_lite":
+            from efficientnet_lite_pytorch import EfficientNet
+
+            model = EfficientNet.from_name(spec.name.replace("_", "-"), image_size=spec.input_size)
+        else:
+            from torchvision.models import get_model
+
+            model = get_model(spec.name, weights=None)
+        last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+        optional = {f"{n}.{p}" for n in last for p in ("weight", "bias")}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return shapes, optional & set(shapes)
+
+
 def check_state_dict(name: str, state: Mapping[str, torch.Tensor]) -> None:
     """Raise a one-line UserError unless ``state`` fits architecture ``name`` key by key and shape by shape."""
-    from engine.models.registry import reference_state_shapes
 
     expected, optional = reference_state_shapes(name)
     got = {k: tuple(v.shape) for k, v in state.items()}
@@ -130,8 +159,6 @@ def install_weights(name: str, source: Path | str) -> Path:
     """Check ``source`` against ``name``'s architecture and store it as ``weights_dir()/<name>.safetensors``."""
     from safetensors.torch import save_file
 
-    from engine.hosting.access import require_operator
-    from engine.models.registry import get_spec
 
     require_operator("add backbone weights, which every workspace shares")
     get_spec(name)

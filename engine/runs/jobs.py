@@ -161,7 +161,7 @@ def queue_run(config, label: str | None = None) -> Run:
     """
     from engine.data.dataset import load_dataset
     from engine.models import get_spec
-    from engine.models.registry import weights_available
+    from engine.models import weights_available
 
     check_can_queue(config)  # the hosted ceilings, this workspace's queue and disk quota
     spec = get_spec(config.backbone)

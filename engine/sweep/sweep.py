@@ -4,7 +4,7 @@ For each backbone: the frozen features of the train and validation splits (the
 feature cache: computed once, onnxruntime on CPU, the GPU when there is one), the
 converged cross-validated linear probe (``fit_probe``), its validation accuracy,
 balanced accuracy and macro-F1, and the feature-extraction latency measured on this
-host (:func:`engine.models.latency.measure_latency`, cached). The result names the
+host (:func:`engine.features.latency.measure_latency`, cached). The result names the
 Pareto front (no other backbone both more accurate and faster) and recommends in one
 sentence: the most accurate, and the fastest within one point of it.
 
@@ -38,7 +38,7 @@ Progress = Callable[[str, int, int, str], None]
 def check_backbones(backbones: list[str]) -> list[str]:
     """2 to 6 distinct registered backbones whose weights load now; else one clear UserError."""
     from engine.models import get_spec
-    from engine.models.registry import availability
+    from engine.models import availability
 
     names = list(dict.fromkeys(b.strip() for b in backbones if b.strip()))
     if not MIN_BACKBONES <= len(names) <= MAX_BACKBONES:
@@ -109,7 +109,7 @@ def run_sweep(data: str, backbones: list[str], image_size: int = 224, val_fracti
     """Probe every backbone on ``data``'s train split, score on validation; see the module docstring."""
     from engine.data.dataset import load_dataset
     from engine.features.extract import backbone_key
-    from engine.models.latency import measure_latency
+    from engine.features.latency import measure_latency
     from engine.workspace import read_json, write_json_atomic
 
     if not 16 <= image_size <= 1024:

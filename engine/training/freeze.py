@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from engine.models.registry import TransferModel
+from engine.models.factory import TransferModel
 
 __all__ = ["apply_freeze_policy", "param_groups", "set_train_mode", "gradual_stages", "trainable_stages"]
 

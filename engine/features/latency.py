@@ -64,7 +64,7 @@ def measure_latency(backbone: str, size: int, force: bool = False, budget_s: flo
             return stored
     from engine.device import ort_threads
     from engine.features.extract import feature_extractor
-    from engine.models.registry import create_model
+    from engine.models import create_model
     from engine.device import resolve_device
 
     setup = resolve_device()
