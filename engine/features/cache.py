@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.data.dataset import Dataset
-from engine.data.tensors import decode_split
+from engine.data.tensors import decode_split, decoded_cache_problem, iter_decoded
 from engine.features.extract import FeatureExtractor, backbone_key, feature_extractor
 from engine.workspace import atomic_path, cache_dir
 
@@ -50,15 +50,33 @@ def split_features(dataset: Dataset, split: str, backbone: str, size: int, class
                 return FeatureSet(blob["features"], blob["labels"], [str(p) for p in blob["paths"]], cached=True)
         except Exception:
             path.unlink(missing_ok=True)  # damaged: compute again
-    tensors = decode_split(dataset, split, size, classes,
-                           progress=(lambda d, t: progress(d, t, f"decode {split}")) if progress else None)
-    if extractor is None:
-        extractor = feature_extractor(backbone, size, images=len(tensors))
-    elif not isinstance(extractor, FeatureExtractor):
-        extractor = extractor(len(tensors))
-    feats = extractor(tensors.images, progress=(lambda d, t: progress(d, t, f"features {split}")) if progress
-                      else None)
-    result = FeatureSet(feats.reshape(len(tensors), -1), tensors.labels.numpy(), list(tensors.paths))
+    decode_progress = (lambda d, t: progress(d, t, f"decode {split}")) if progress else None
+    feature_progress = (lambda d, t: progress(d, t, f"features {split}")) if progress else None
+
+    def make(images: int) -> FeatureExtractor:
+        if extractor is None:
+            return feature_extractor(backbone, size, images=images)
+        return extractor if isinstance(extractor, FeatureExtractor) else extractor(images)
+
+    if decoded_cache_problem(dataset, split, size) is None:
+        tensors = decode_split(dataset, split, size, classes, progress=decode_progress)
+        run = make(len(tensors))
+        feats = run.over_batches(tensors.batches(run.batch_size), len(tensors), feature_progress)
+        labels, paths = tensors.labels.numpy(), list(tensors.paths)
+    else:  # too large to keep decoded: decode and extract chunk by chunk, keeping only the features
+        total = int((dataset.usable["split"] == split).sum())
+        run = make(total)
+        parts, label_parts, paths = [], [], []
+        for block in iter_decoded(dataset, split, size, classes, progress=decode_progress):
+            if len(block):
+                parts.append(run(block.images))
+                label_parts.append(block.labels.numpy())
+                paths.extend(block.paths)
+        feats = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        labels = np.concatenate(label_parts) if label_parts else np.zeros(0, dtype=np.int64)
+        if feature_progress:
+            feature_progress(total, total)
+    result = FeatureSet(feats.reshape(len(labels), -1), labels, paths)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

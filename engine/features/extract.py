@@ -11,7 +11,7 @@ import hashlib
 import typing
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +69,17 @@ class FeatureExtractor:
         self._run, self.batch_size = run, batch_size
 
     def __call__(self, images: torch.Tensor, progress: Progress | None = None) -> np.ndarray:
-        out = []
-        total = len(images)
-        for start in range(0, total, self.batch_size):
-            out.append(self._run(images[start : start + self.batch_size]))
+        batches = (images[start : start + self.batch_size] for start in range(0, len(images), self.batch_size))
+        return self.over_batches(batches, len(images), progress)
+
+    def over_batches(self, batches: Iterable[torch.Tensor], total: int, progress: Progress | None = None) -> np.ndarray:
+        """Features of image batches as they come (from a file, a decoder): one batch in memory at a time."""
+        out, done = [], 0
+        for batch in batches:
+            out.append(self._run(batch))
+            done += len(batch)
             if progress is not None:
-                progress(min(start + self.batch_size, total), total)
+                progress(done, total)
         if not out:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)

@@ -79,8 +79,9 @@ def train_one_epoch(
             break
         if dist_ctx is not None:
             idx = dist_ctx.shard(idx)
+        # A split too large for the device stays in host memory (or on disk, memory-mapped): copy each batch over.
         idx = idx.to(images.device)
-        x = augment_batch(images[idx], augment, aug_generator)
+        x = augment_batch(images[idx].to(setup.device, non_blocking=True), augment, aug_generator)
         y = labels[idx]
         target = y
         if mix is not None:
@@ -122,7 +123,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, se
     model.eval()
     outputs = []
     for idx in _batches(len(labels), batch_size * 2, None, shuffle=False, drop_last=False):
-        x = setup.prepare(normalize(images[idx.to(images.device)], mean, std))
+        x = setup.prepare(normalize(images[idx.to(images.device)].to(setup.device, non_blocking=True), mean, std))
         with setup.autocast():
             outputs.append(model(x).float())
     logits = torch.cat(outputs) if outputs else torch.empty(0)
