@@ -162,7 +162,18 @@ def set_dataset(spec: str) -> None:
 
 
 def current_backbone() -> str:
-    return _get("backbone")
+    """The backbone name, checked against the registry (it can come from the URL, ``?backbone=``)."""
+    from engine.errors import UserError
+    from engine.models import get_spec
+
+    name = _get("backbone")
+    try:
+        get_spec(str(name))
+    except UserError:
+        st.warning(f"{str(name)[:40]!r} is not a known backbone. Showing {DEFAULT_BACKBONE} instead.")
+        _set("backbone", DEFAULT_BACKBONE)
+        return DEFAULT_BACKBONE
+    return name
 
 
 def set_backbone(name: str) -> None:

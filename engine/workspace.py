@@ -15,6 +15,7 @@ with :func:`set_workspace_resolver` (the Streamlit session), and ``$TS_WORKSPACE
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 __all__ = ["home", "workspace_root", "workspaces_dir", "workspace_id", "use_workspace", "set_workspace_resolver",
            "workspace_of", "valid_workspace_id", "child_env", "WORKSPACE_ENV", "shared_datasets_dir",
            "shared_cache_dir", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir",
+           "dir_complete", "dest_lock", "COMPLETE_MARKER",
            "write_text_atomic", "write_json_atomic", "read_json", "file_sha256"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -172,20 +174,51 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     For a folder built once and then only read (an extracted dataset, a built-in
     one): when ``dest`` appeared meanwhile (another process finished first; theirs
     is as good as ours) the staged copy is dropped; when the block fails it is removed.
+    The stage is a folder of its own (never one named by the pid, which every Streamlit
+    session shares) and gets the completion marker (:func:`dir_complete`) before the rename;
+    builders that must not race hold :func:`dest_lock` around the check and the build.
     """
     dest = Path(dest)
-    stage = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:
         yield stage
+        (stage / COMPLETE_MARKER).touch()
+        aside = None
+        if dest.is_dir() and not dir_complete(dest):  # unfinished, or from before the markers
+            aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, aside / dest.name)
         try:
             os.replace(stage, dest)
         except OSError:
             shutil.rmtree(stage, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+COMPLETE_MARKER = ".complete"
+
+
+def dir_complete(dest: Path | str) -> bool:
+    """Whether ``dest`` is a folder :func:`atomic_dir` finished (its completion marker is inside)."""
+    return (Path(dest) / COMPLETE_MARKER).is_file()
+
+
+@contextmanager
+def dest_lock(dest: Path | str) -> Iterator[None]:
+    """One builder at a time for the folder ``dest``, across threads, sessions and processes (an fcntl
+    lock on a file named by ``dest``'s path under ``home()/locks``, never beside ``dest``, so a refused
+    upload leaves nothing in the datasets folder): two first visitors, or two tabs uploading one zip,
+    build it once."""
+    locks = home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(str(Path(dest).resolve()).encode()).hexdigest()[:32]
+    with open(locks / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

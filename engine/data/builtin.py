@@ -2,7 +2,8 @@
 
 Each builder writes an ImageFolder tree (``train/<class>/*.png``,
 ``val/<class>/*.png``) into a fresh folder; :func:`materialise` makes that
-atomic so several users asking at once never see half a dataset.
+atomic (a stage of its own, a lock per destination, a completion marker) so several
+users asking at once never see half a dataset.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import UserError
-from engine.workspace import atomic_dir, shared_datasets_dir
+from engine.workspace import atomic_dir, dest_lock, dir_complete, shared_datasets_dir
 
 __all__ = ["BuiltinDataset", "BUILTIN_DATASETS", "register_builtin", "materialise", "DEFAULT_DATASET"]
 
@@ -215,8 +216,11 @@ def materialise(name: str) -> Path:
     if name not in BUILTIN_DATASETS:
         raise UserError(f"unknown built-in dataset '{name}'; choose one of: {', '.join(BUILTIN_DATASETS)}")
     dest = shared_datasets_dir() / f"builtin-{name}"
-    if dest.is_dir():
+    if dir_complete(dest):
         return dest
-    with atomic_dir(dest) as stage:
-        BUILTIN_DATASETS[name].build(stage)
+    # Every first visitor asks at once: one builds (in a stage of its own), the others wait for it.
+    with dest_lock(dest):
+        if not dir_complete(dest):
+            with atomic_dir(dest) as stage:
+                BUILTIN_DATASETS[name].build(stage)
     return dest

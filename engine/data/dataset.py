@@ -186,7 +186,9 @@ def _walk_files(folder: Path) -> list[tuple[str, os.stat_result]]:
 def _scan_classes(folder: Path, root: Path, split: str, rows: list[dict], problems: list[str]) -> None:
     prefix = folder.relative_to(root).as_posix()
     prefix = "" if prefix == "." else prefix + "/"
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    # A linked class folder is skipped: in a server data root it could lead anywhere on the server.
+    for class_dir in sorted(p for p in folder.iterdir()
+                            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
         label = class_dir.name
         bad_label = check_label(label)
         files = _walk_files(class_dir)
@@ -283,7 +285,7 @@ def _scan(root: Path, table: Path | None = None,
             inner = [p for p in entries[0].iterdir() if p.is_dir()]
             if inner and all(any(c.is_dir() for c in d.iterdir()) or d.name.lower() in SPLIT_ALIASES for d in inner):
                 root = entries[0]
-        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
         split_dirs = {p: SPLIT_ALIASES[p.name.lower()] for p in subdirs if p.name.lower() in SPLIT_ALIASES}
         if split_dirs and "train" in split_dirs.values():
             for folder, split in split_dirs.items():

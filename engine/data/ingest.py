@@ -20,7 +20,7 @@ from engine.data.images import IMAGE_SUFFIXES
 from engine.data.zipsafe import check_upload_size, open_zip, safe_extract
 from engine.errors import UserError
 from engine.settings.limits import check_dataset_upload
-from engine.workspace import atomic_dir, datasets_dir, file_sha256, home, shared_datasets_dir
+from engine.workspace import atomic_dir, datasets_dir, dest_lock, dir_complete, file_sha256, home, shared_datasets_dir
 
 __all__ = [
     "data_roots",
@@ -104,9 +104,10 @@ def ingest_zip(zip_path: Path, name: str | None = None) -> Path:
     zip_path = Path(zip_path)
     check_upload_size(zip_path)
     dest = dataset_folder(Path(name or zip_path.name).stem, zip_path)
-    if not dest.is_dir():
-        _check_limits(zip_path)
-        safe_extract(zip_path, dest)
+    with dest_lock(dest):  # two tabs uploading the same zip extract it once
+        if not dir_complete(dest):
+            _check_limits(zip_path)
+            safe_extract(zip_path, dest)
     return dest
 
 
@@ -136,15 +137,16 @@ def ingest_table(table_path: Path, images_zip: Path, name: str | None = None) ->
     read_table(table_path)  # fail now, before extracting, if the columns are wrong
     stem = Path(name or table_path.name).stem
     dest = dataset_folder(stem, table_path, images_zip)
-    if dest.is_dir():
-        return dest
-    _check_limits(images_zip)
-    with atomic_dir(dest) as stage:
-        safe_extract(images_zip, stage)
-        table_name = "labels.parquet" if suffix == ".parquet" else "labels.csv"
-        for other in TABLE_NAMES:  # the uploaded table wins over one inside the zip
-            (stage / other).unlink(missing_ok=True)
-        shutil.copyfile(table_path, stage / table_name)
+    with dest_lock(dest):
+        if dir_complete(dest):
+            return dest
+        _check_limits(images_zip)
+        with atomic_dir(dest) as stage:
+            safe_extract(images_zip, stage)
+            table_name = "labels.parquet" if suffix == ".parquet" else "labels.csv"
+            for other in TABLE_NAMES:  # the uploaded table wins over one inside the zip
+                (stage / other).unlink(missing_ok=True)
+            shutil.copyfile(table_path, stage / table_name)
     return dest
 
 
@@ -170,4 +172,3 @@ def uploaded_datasets() -> list[str]:
     folders = [p for p in (root.iterdir() if root.is_dir() else ())
                if p.is_dir() and not p.name.startswith(".") and not p.name.startswith("builtin-")]
     return [str(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)]
-

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from engine.errors import UserError
 from engine.runs.run_dir import Run
-from engine.runs.tasks import engine_command, kill_group, pid_alive, spawn
+from engine.runs.tasks import engine_command, kill_group, pid_alive, process_start, spawn
 
 __all__ = ["EXECUTORS", "CANCEL_GRACE_S", "executor_name", "ray_address", "job_command", "job_env", "cancel_age",
            "enforce_cancel", "JobHandle", "Executor", "LocalExecutor", "open_executor"]
@@ -73,12 +73,14 @@ def cancel_age(run: Run) -> float | None:
         return None
 
 
-def enforce_cancel(pid: int | None, run: Run) -> None:
+def enforce_cancel(pid: int | None, run: Run, started: str | None = None) -> None:
     """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is terminated
-    (killed, when that has not worked either after as long again)."""
+    (killed, when that has not worked either after as long again). ``started``: the process's start
+    (:func:`engine.runs.tasks.process_start`), so a pid reused by another process is never signalled."""
     age = cancel_age(run)
     if age is not None and age > CANCEL_GRACE_S:
-        kill_group(pid, signal.SIGKILL if age > 2 * CANCEL_GRACE_S else signal.SIGTERM)  # it leads its own session
+        # It leads its own session.
+        kill_group(pid, signal.SIGKILL if age > 2 * CANCEL_GRACE_S else signal.SIGTERM, started)
 
 
 class JobHandle(Protocol):
@@ -109,22 +111,26 @@ class Executor(Protocol):
 
 
 class _LocalHandle:
-    ref: str | None = None
+    """A job process on this machine; its ``ref`` is the process's start time, so a later dispatcher
+    tells the job from a process that got the same pid after a reboot."""
+
     failure: str | None = None
 
-    def __init__(self, run_dir: str, proc: subprocess.Popen | None = None, pid: int | None = None):
+    def __init__(self, run_dir: str, proc: subprocess.Popen | None = None, pid: int | None = None,
+                 started: str | None = None):
         self.run_dir, self.proc = run_dir, proc
         self.pid = proc.pid if proc is not None else pid
+        self.ref = process_start(self.pid) if proc is not None else started
 
     def poll(self) -> int | None:
         if self.proc is not None:
             code = self.proc.poll()
         else:  # a process started by an earlier dispatcher: alive or not, no exit status to read
-            code = None if pid_alive(self.pid) else -1
+            code = None if pid_alive(self.pid, self.ref) else -1
             if code is not None:
                 self.failure = "the worker stopped without reporting an outcome"
         if code is None:
-            enforce_cancel(self.pid, Run(self.run_dir))
+            enforce_cancel(self.pid, Run(self.run_dir), self.ref)
         return code
 
 
@@ -146,7 +152,7 @@ class LocalExecutor:
         return _LocalHandle(run_dir, proc)
 
     def recover(self, run_dir: str, pid: int | None, ref: str | None) -> JobHandle | None:
-        return _LocalHandle(run_dir, pid=pid) if pid_alive(pid) else None
+        return _LocalHandle(run_dir, pid=pid, started=ref) if pid_alive(pid, ref) else None
 
 
 def open_executor(name: str, local_capacity: Callable[[], int]) -> Executor:

@@ -30,9 +30,9 @@ from engine.errors import UserError
 from engine.runs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExecutor, executor_name, job_command,
                                    open_executor)
 from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
-from engine.runs.tasks import engine_command, log_tail, pid_alive, spawn
+from engine.runs.tasks import engine_command, log_tail, pid_alive, process_start, spawn
 from engine.settings.audit import audit
-from engine.settings.limits import check_disk_quota, limits
+from engine.settings.limits import check_disk_quota, check_free_disk, limits
 from engine.settings.profile import hosted
 from engine.workspace import home, workspace_id, workspace_of
 
@@ -86,9 +86,18 @@ def max_concurrent() -> int:
 def submit(run: Run, resume: bool = False) -> int:
     """Queue ``run`` (its config.json must exist) and make sure a dispatcher is up.
 
-    ``resume=True`` continues the run from its last.pt (after an interruption).
+    ``resume=True`` continues the run from its last.pt (after an interruption). The same checks as a
+    new run (:func:`check_can_queue`) come first, so resuming cannot step around the limits.
     """
-    config = run.config()  # raises UserError when the folder is not a run
+    from engine.training.config import TrainConfig
+
+    check_can_queue(TrainConfig.from_dict(run.config()))  # raises UserError when the folder is not a run
+    return _enqueue(run, resume)
+
+
+def _enqueue(run: Run, resume: bool = False) -> int:
+    """Put ``run`` in the queue (checked already) and make sure a dispatcher is up."""
+    config = run.config()
     executor = executor_name()  # raises UserError for an unknown TS_EXECUTOR
     if resume and not run.last_checkpoint.is_file():
         raise UserError(f"run '{run.id}' has no last.pt checkpoint to resume from; start it again instead")
@@ -136,7 +145,7 @@ def check_can_queue(config) -> None:
     queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
     if hosted():
         cap = limits()
-        if int(config.epochs) > cap.max_epochs:
+        if config.epochs is not None and int(config.epochs) > cap.max_epochs:
             raise UserError(f"{config.epochs} epochs is over this server's ceiling of {cap.max_epochs} "
                             "(TS_MAX_EPOCHS); choose fewer epochs")
         if config.image_size is not None and int(config.image_size) > cap.max_image_size:
@@ -148,6 +157,7 @@ def check_can_queue(config) -> None:
                             f"allowed (TS_MAX_QUEUED={cap.max_queued_per_workspace}); wait for one to finish "
                             "or cancel one on the Runs page")
         check_disk_quota()
+    check_free_disk()
     audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)
 
 
@@ -173,7 +183,7 @@ def queue_run(config, label: str | None = None) -> Run:
     load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
     run = new_run(label or f"{config.backbone}-{config.mode}")
     run.write_config(config.to_dict())
-    submit(run)
+    _enqueue(run)
     return run
 
 
@@ -256,6 +266,12 @@ def _pid_path() -> Path:
     return home() / "dispatcher.pid"
 
 
+def _start_path() -> Path:
+    """The dispatcher's process start (:func:`process_start`), beside its pid: a pid from before a reboot
+    that now names another process does not pass for a live dispatcher."""
+    return home() / "dispatcher.start"
+
+
 def ensure_dispatcher() -> None:
     """Start a dispatcher unless a live one holds the lock already.
 
@@ -268,7 +284,8 @@ def ensure_dispatcher() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _pid_path().read_text().strip() if _pid_path().is_file() else ""
-            if holder.isdigit() and pid_alive(int(holder)):
+            started = _start_path().read_text().strip() if _start_path().is_file() else None
+            if holder.isdigit() and pid_alive(int(holder), started):
                 return  # one is running; it will pick the job up
             _spawn_dispatcher(wait_for_lock=30.0)
             return
@@ -294,11 +311,22 @@ def _fail_unstarted(job_id: int, run_dir: str, error: str, db: sqlite3.Connectio
     Run(run_dir).update_status(state="failed", stage="failed", error=error, finished_at=time.time())
 
 
-def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection, failure: str | None = None) -> None:
+def _over_time(job_id: int, db: sqlite3.Connection) -> bool:
+    """Whether the job has run longer than the wall-clock cap per job (``max_job_hours``)."""
+    row = db.execute("SELECT started FROM jobs WHERE id=?", (job_id,)).fetchone()
+    return bool(row and row[0]) and time.time() - float(row[0]) > limits().max_job_hours * 3600
+
+
+def _finish_job(job_id: int, run_dir: str, code: int, db: sqlite3.Connection, failure: str | None = None,
+                over_time: bool = False) -> None:
     db.execute("UPDATE jobs SET state='finished', finished=?, exit_code=? WHERE id=?", (time.time(), code, job_id))
     run = Run(run_dir)
     status = run.status()
-    if status.get("state") not in TERMINAL_STATES and run.cancel_requested():
+    if over_time:  # stopped by the dispatcher through its cancel file: say why, whatever the worker wrote
+        run.update_status(state="failed", stage="failed", finished_at=time.time(),
+                          error=f"stopped after {limits().max_job_hours:g} h, the wall-clock limit per job "
+                                "(TS_MAX_JOB_HOURS); resume it from its last checkpoint or train fewer epochs")
+    elif status.get("state") not in TERMINAL_STATES and run.cancel_requested():
         run.update_status(state="cancelled", stage="cancelled", message="cancelled by user (stopped)",
                           finished_at=time.time())
     elif status.get("state") not in TERMINAL_STATES:
@@ -329,18 +357,23 @@ def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_loc
     if not _acquire(lock, wait_for_lock):
         print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: another dispatcher holds the lock", flush=True)
         return
+    _start_path().write_text(process_start(os.getpid()) or "")
     _pid_path().write_text(str(os.getpid()))
     print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: started", flush=True)
     executors = _Executors()
     running = _recover(executors.recoverable())[1]
+    overdue: set[int] = set()  # jobs past the wall-clock cap, asked to stop
     idle_since = time.time()
     with closing(_db()) as db:
         while True:
             for job_id, (handle, run_dir, _, _) in list(running.items()):
                 code = handle.poll()  # also ends a run whose cancel is past its grace period
                 if code is not None:
-                    _finish_job(job_id, run_dir, code, db, handle.failure)
+                    _finish_job(job_id, run_dir, code, db, handle.failure, over_time=job_id in overdue)
                     del running[job_id]
+                elif job_id not in overdue and _over_time(job_id, db):
+                    overdue.add(job_id)
+                    Run(run_dir).request_cancel()  # a clean stop first, then enforce_cancel's grace
             while True:
                 row = db.execute("SELECT id, run_dir, resume, nproc, executor FROM jobs WHERE state='queued' "
                                  "ORDER BY id LIMIT 1").fetchone()
