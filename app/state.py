@@ -164,11 +164,11 @@ def set_dataset(spec: str) -> None:
 def current_backbone() -> str:
     """The backbone name, checked against the registry (it can come from the URL, ``?backbone=``)."""
     from engine.errors import UserError
-    from engine.models import get_spec
+    from engine.models import valid_backbone
 
     name = _get("backbone")
     try:
-        get_spec(str(name))
+        valid_backbone(name)
     except UserError:
         st.warning(f"{str(name)[:40]!r} is not a known backbone. Showing {DEFAULT_BACKBONE} instead.")
         _set("backbone", DEFAULT_BACKBONE)

@@ -405,9 +405,9 @@ def _report(args, result: dict, fmt) -> int:
 
 def cmd_insight(args) -> int:
     from engine.insight import compute_insight, format_insight
-    from engine.models import get_spec
+    from engine.models import valid_backbone
 
-    get_spec(args.backbone)  # an unknown name: one line, before any work
+    valid_backbone(args.backbone)  # an unknown name: one line, before any work
     if not 16 <= args.image_size <= 512:
         raise UserError(f"image size must be between 16 and 512 px, got {args.image_size}")
     if not 1 <= args.draws <= 50:

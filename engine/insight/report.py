@@ -196,10 +196,10 @@ def insight_folder(spec: str, backbone: str) -> Path:
 
 def start_insight(spec: str, backbone: str, image_size: int = 64, scratch: bool = True) -> dict:
     """Compute the insight in its own process (pages must not); poll with :func:`insight_state`."""
-    from engine.models import get_spec
+    from engine.models import valid_backbone
     from engine.runs.tasks import start_task
 
-    get_spec(backbone)  # a name from the URL or a form: one of the registry's, or one clear line
+    valid_backbone(backbone)  # a name from the URL or a form: one of the registry's, or one clear line
     folder = insight_folder(spec, backbone)
     argv = ["insight", str(spec), "--backbone", backbone, "--image-size", str(image_size), "--quiet",
             "--out", str(folder / "result.json")] + ([] if scratch else ["--no-scratch"])
