@@ -118,3 +118,19 @@ def test_torchrun_command_for_multi_process_runs():
     cmd = jobs.job_command("/x/run", resume=True, nproc=2)
     assert "--nproc_per_node=2" in cmd and cmd[-4:] == ["engine", "run-job", "/x/run", "--resume"]
     assert jobs.job_command("/x/run")[-3:] == ["engine", "run-job", "/x/run"]
+
+
+def test_a_job_past_the_wall_clock_cap_is_stopped_and_says_so(shapes_dir, monkeypatch):
+    _stop_dispatcher()  # the next dispatcher starts with this test's limit
+    monkeypatch.setenv("TS_MAX_JOB_HOURS", str(4 / 3600))  # 4 s
+    run = _queued_run(shapes_dir, "over-time", epochs=300)
+    try:
+        jobs.submit(run)
+        # Until the dispatcher has recorded the job's end (the worker itself writes "cancelled" first).
+        _wait(lambda: [j["state"] for j in jobs.list_jobs() if j["run_dir"] == str(run.path.resolve())]
+              == ["finished"], 90)
+    finally:
+        _stop_dispatcher()  # no later test's job meets this limit
+    status = run.status()
+    assert status["state"] == "failed" and "TS_MAX_JOB_HOURS" in status["error"], status
+    assert len(run.metrics()) < 300
