@@ -4,21 +4,24 @@ Run with ``streamlit run streamlit_app.py`` (``make run``).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
 
 from engine.export.inference import release_idle_models
-from engine.settings.audit import configure_logging
+from engine.hosting.access import open_server_warning
+from engine.settings.audit import LOGGER, configure_logging
 from engine.settings.profile import hosted
 from engine.hosting.workspaces import remove_idle_workspaces
 from engine.runs.jobs import resume_queue
 from engine.runs.view import run_label
-from app.access import require_access
+from app.access import apply_error_policy, require_access
 from app.sidebar import workspace_panel
-from app.state import current_backbone, current_dataset, current_run, select_workspace, share_param
+from app.state import app_secrets, current_backbone, current_dataset, current_run, select_workspace, share_param
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
+apply_error_policy()  # hosted: no tracebacks (server paths) for visitors
 
 
 @st.cache_resource(show_spinner=False)
@@ -26,6 +29,9 @@ def _resume_jobs_once() -> bool:
     # Once per server process: a restart marks dead runs interrupted and restarts
     # the dispatcher for jobs still waiting in the queue; who-did-what lines go to the server's log.
     configure_logging()
+    warning = open_server_warning(app_secrets())
+    if warning:
+        logging.getLogger(LOGGER).warning(warning)
     resume_queue()
     return True
 

@@ -6,13 +6,24 @@ Streamlit's ``st.login``) or a shared password (``$TS_PASSWORD`` or ``password``
 from __future__ import annotations
 
 import streamlit as st
+from streamlit import config as st_config
 
-from engine.hosting.access import configured_password, login_configured, password_ok
+from engine.errors import UserError
+from engine.hosting.access import PASSWORD_GUARD, configured_password, login_configured
+from engine.settings.profile import hosted
 from app.state import app_secrets
 
-__all__ = ["require_access"]
+__all__ = ["require_access", "apply_error_policy"]
 
-_OK_KEY = "_ts_access_ok"
+_OK_KEY, _GUESSES_KEY = "_ts_access_ok", "_ts_password_guesses"
+# What this process was configured with (config.toml, flags), for the local profile.
+_CONFIGURED_ERROR_DETAILS = st_config.get_option("client.showErrorDetails")
+
+
+def apply_error_policy() -> None:
+    """Hosted: an unexpected error shows visitors no message, type or traceback (server paths), only
+    Streamlit's generic notice; the details stay in the server's log. Local: as configured."""
+    st.set_option("client.showErrorDetails", "none" if hosted() else _CONFIGURED_ERROR_DETAILS)
 
 
 def require_access() -> None:
@@ -33,8 +44,14 @@ def require_access() -> None:
     st.title("Transfer Studio")
     given = st.text_input("Password", type="password", key="access_password",
                           help="This server is shared by invitation; its operator gives out the password.")
+    guesses = st.session_state.setdefault(_GUESSES_KEY, {})
     if given:
-        if password_ok(given, password):
+        try:
+            right = PASSWORD_GUARD.attempt(guesses, given, password)
+        except UserError as exc:  # too many, or too soon after the last wrong one
+            st.error(str(exc))
+            st.stop()
+        if right:
             st.session_state[_OK_KEY] = True
             st.rerun()
         st.error("That password is not right; ask the operator of this server for it.")

@@ -18,7 +18,9 @@ from engine.hosting.access import login_configured
 from engine.settings.audit import audit
 from engine.settings.profile import hosted
 from engine.hosting.sharing import SHARE_PARAM
-from engine.hosting.workspaces import new_token, touch, valid_token, workspace_for_identity, workspace_for_token
+from engine.errors import UserError
+from engine.hosting.workspaces import (issue_token, known_token, touch, valid_token, workspace_for_identity,
+                                       workspace_for_token)
 from engine.runs import Run
 from engine.workspace import runs_dir, set_workspace_resolver
 
@@ -85,23 +87,34 @@ def share_param() -> str | None:
 def select_workspace() -> str | None:
     """Hosted profile: this session's workspace id (created on first visit), also kept in the URL.
 
-    The token comes from this session, the URL (``?ws=``) or a proxy's cookie; a logged-in
-    visitor's workspace is their identity's. Local profile: None (the one workspace, as always).
+    The token comes from this session, the URL (``?ws=``, only one this server issued: a link cannot plant
+    its reader in a workspace its sender chose) or a proxy's cookie; a logged-in visitor's workspace is their
+    identity's (one with neither subject nor e-mail is refused). Local profile: None (the one workspace).
+    Nothing is written here: the workspace's folder appears on its first upload, run or task.
     """
     if not hosted():
         return None
     if login_configured(app_secrets()) and st.user.is_logged_in:
-        subject = st.user.get("sub") or st.user.get("email") or ""
-        wid = workspace_for_identity(str(st.user.get("iss") or ""), str(subject))
+        try:
+            wid = workspace_for_identity(st.user.get("iss"), st.user.get("sub"), st.user.get("email"))
+        except UserError as exc:
+            st.error(str(exc))
+            st.stop()
     else:
-        cookie = st.context.cookies.get(WORKSPACE_COOKIE)
-        token = (st.session_state.get(_TOKEN_KEY) or st.query_params.get(WORKSPACE_PARAM)
-                 or (cookie if isinstance(cookie, str) else None))
-        if not valid_token(token):
-            if token:
-                st.warning("That workspace link is not valid; a new, empty workspace was opened.")
-            token = new_token()
-            audit("new-workspace", workspace_for_token(token))
+        token = st.session_state.get(_TOKEN_KEY)  # this session's own, checked when it was chosen
+        if token is None:
+            offered, cookie = st.query_params.get(WORKSPACE_PARAM), st.context.cookies.get(WORKSPACE_COOKIE)
+            if known_token(offered):
+                token = offered
+            elif isinstance(cookie, str) and valid_token(cookie):
+                token = cookie  # the operator's proxy keeps it; a link cannot set a cookie
+            else:
+                if offered:
+                    st.warning("That workspace link is not one this server gave out (or it is not valid), so a "
+                               "new, empty workspace was opened for you. Bookmark this page's new address to "
+                               "come back to it.")
+                token = issue_token()
+                audit("new-workspace", workspace_for_token(token))
         st.session_state[_TOKEN_KEY] = token
         if st.query_params.get(WORKSPACE_PARAM) != token:
             st.query_params[WORKSPACE_PARAM] = token

@@ -11,6 +11,9 @@ on the hosted profile. Which workspace is current is decided, in order, by
 :func:`use_workspace` (this thread or context), the resolver the app registers
 with :func:`set_workspace_resolver` (the Streamlit session), and ``$TS_WORKSPACE``
 (a background process started by :func:`child_env`); with none, ``home()``.
+
+Reading a path never creates anything: a visitor's folder appears on the first write into it
+(:func:`atomic_path`, a run directory, an extracted upload), so a page view costs no disk.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ __all__ = ["home", "workspace_root", "workspaces_dir", "workspace_id", "use_work
            "workspace_of", "valid_workspace_id", "child_env", "WORKSPACE_ENV", "shared_datasets_dir",
            "shared_cache_dir", "datasets_dir", "runs_dir", "cache_dir", "atomic_path", "atomic_dir",
            "dir_complete", "dest_lock", "COMPLETE_MARKER",
-           "write_text_atomic", "write_json_atomic", "read_json", "file_sha256"]
+           "write_text_atomic", "write_json_atomic", "read_json", "file_sha256", "SECRET_ENV_VARS", "strip_secrets"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE_ENV = "TS_WORKSPACE"
@@ -38,6 +41,10 @@ WORKSPACE_ENV = "TS_WORKSPACE"
 _ID = re.compile(r"[0-9a-f]{16,64}")
 _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("ts_workspace", default=None)
 _RESOLVER: list[Callable[[], str | None]] = []
+# Server secrets no background process needs: a job, task or Ray actor runs the visitor's work and
+# must not be able to read the password that guards the server (an operator may name more, comma-separated).
+SECRET_ENV_VARS = ("TS_PASSWORD",)
+_MORE_SECRETS_ENV = "TS_SECRET_ENV"
 
 
 def home() -> Path:
@@ -67,11 +74,10 @@ def workspace_id() -> str | None:
 
 
 def workspace_root() -> Path:
-    """The current visitor's root: uploads, runs and caches go under it."""
+    """The current visitor's root: uploads, runs and caches go under it (not created here: the first
+    write into it creates it, so a visitor who only looks costs the server no folder)."""
     wid = workspace_id()
-    root = home() if wid is None else workspaces_dir() / wid
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return home() if wid is None else workspaces_dir() / wid
 
 
 @contextmanager
@@ -101,10 +107,18 @@ def workspace_of(path: Path | str) -> str | None:
     return rel.parts[0] if rel.parts and valid_workspace_id(rel.parts[0]) else None
 
 
+def strip_secrets(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the server's secrets (:data:`SECRET_ENV_VARS` and those ``$TS_SECRET_ENV`` names)."""
+    extra = [name.strip() for name in os.environ.get(_MORE_SECRETS_ENV, "").split(",") if name.strip()]
+    secret = {*SECRET_ENV_VARS, *extra}
+    return {key: value for key, value in env.items() if key not in secret}
+
+
 def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a background process: ``base`` (default ``os.environ``) with the current
-    workspace, so the process writes where the visitor who started it reads."""
-    env = dict(os.environ if base is None else base)
+    workspace, so the process writes where the visitor who started it reads, and without the server's
+    secrets (:func:`strip_secrets`)."""
+    env = strip_secrets(dict(os.environ if base is None else base))
     wid = workspace_id()
     if wid is None:
         env.pop(WORKSPACE_ENV, None)
@@ -114,9 +128,7 @@ def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _subdir(name: str) -> Path:
-    path = workspace_root() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return workspace_root() / name  # created by the first write into it
 
 
 def shared_datasets_dir() -> Path:

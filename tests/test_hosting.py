@@ -19,7 +19,7 @@ from engine.cli import main as cli_main
 from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
 from engine.hosting.commands import enter_workspace
-from engine.hosting.idle_cache import IdleCache
+from engine.idle_cache import IdleCache
 from engine.runs.jobs import check_can_queue
 from engine.settings.limits import limits
 from engine.hosting.sharing import is_shared, share_run
@@ -177,6 +177,7 @@ def test_images_per_dataset_and_disk_quota_refuse_uploads(hosted, monkeypatch, s
         with pytest.raises(UserError, match=r"12 images, over the limit of 5 per dataset \(TS_MAX_IMAGES\)"):
             ingest_zip(shapes_zip)
         monkeypatch.delenv("TS_MAX_IMAGES")
+        datasets_dir().mkdir(parents=True)
         (datasets_dir() / "big.bin").write_bytes(b"\0" * 200_000)
         monkeypatch.setenv("TS_DISK_QUOTA_MB", "0.1")
         with pytest.raises(UserError, match=r"over its 0.1 MB disk quota \(TS_DISK_QUOTA_MB\); delete old runs"):
@@ -266,7 +267,7 @@ def test_ttl_removes_idle_workspaces_but_never_shared_or_active_runs(hosted):
     shared.onnx_file.write_bytes(b"an exported model")
     share_run(shared)
     with use_workspace(idle):
-        (datasets_dir() / "upload-1").mkdir()
+        (datasets_dir() / "upload-1").mkdir(parents=True)
     gone = _run_in(empty_idle, "old")
     fresh = _run_in(recent, "fresh")
     for wid, at in ((idle, now - 30 * DAY), (empty_idle, now - 30 * DAY), (recent, now - DAY)):
@@ -298,6 +299,7 @@ def test_cleanup_command(hosted, capsys):
 
 def test_password_gate(hosted, monkeypatch):
     monkeypatch.setenv("TS_PASSWORD", "correct horse")
+    monkeypatch.setenv("TS_PASSWORD_DELAY_S", "0.001")  # the wait after a wrong one: test_hosting_abuse.py
     at = open_app()
     assert [t.label for t in at.text_input] == ["Password"] and not at.sidebar.markdown
     assert "ws" not in at.query_params  # no workspace before the gate

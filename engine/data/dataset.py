@@ -20,7 +20,7 @@ from engine.data.builtin import BUILTIN_DATASETS, materialise
 from engine.data.images import IMAGE_SUFFIXES, inspect_file
 from engine.data.tables import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.errors import UserError
-from engine.workspace import atomic_path, cache_dir
+from engine.workspace import atomic_path, cache_dir, shared_cache_dir, workspace_root
 
 __all__ = ["Dataset", "load_dataset", "load_split", "assign_split", "check_label", "find_table",
            "MANIFEST_COLUMNS"]
@@ -105,7 +105,10 @@ def check_label(label: str) -> str | None:
 def _manifest_cache_file(root: Path) -> Path:
     # The version part changes whenever the per-file facts are computed differently.
     key = hashlib.blake2b(f"v4:{Path(root).resolve()}".encode(), digest_size=10).hexdigest()
-    return cache_dir() / "manifests" / f"{key}.parquet"
+    # A built-in dataset or an operator's folder is the same for every visitor: its facts are cached once for
+    # the server, and a visitor who only looks at one writes nothing into their workspace.
+    mine = Path(root).resolve().is_relative_to(workspace_root().resolve())
+    return (cache_dir() if mine else shared_cache_dir()) / "manifests" / f"{key}.parquet"
 
 
 def _read_facts_cache(root: Path) -> dict[str, dict]:

@@ -19,7 +19,7 @@ from engine.data.tables import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.data.images import IMAGE_SUFFIXES
 from engine.data.zipsafe import check_upload_size, open_zip, safe_extract
 from engine.errors import UserError
-from engine.settings.limits import check_dataset_upload
+from engine.settings.limits import check_dataset_upload, check_free_disk, check_room_for_new_workspace
 from engine.workspace import atomic_dir, datasets_dir, dest_lock, dir_complete, file_sha256, home, shared_datasets_dir
 
 __all__ = [
@@ -56,7 +56,10 @@ def data_roots() -> list[Path]:
 
 
 def uploads_dir() -> Path:
-    """Where the page saves an upload before extracting it (inside the workspace)."""
+    """Where the page saves an upload before extracting it (inside the workspace). A new workspace's first
+    upload is its first write: refused in words when the server is full (workspaces, free disk)."""
+    check_room_for_new_workspace()
+    check_free_disk()
     path = datasets_dir() / ".uploads"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -172,3 +175,4 @@ def uploaded_datasets() -> list[str]:
     folders = [p for p in (root.iterdir() if root.is_dir() else ())
                if p.is_dir() and not p.name.startswith(".") and not p.name.startswith("builtin-")]
     return [str(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)]
+

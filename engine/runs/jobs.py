@@ -22,8 +22,10 @@ import fcntl
 import os
 import signal
 import sqlite3
+import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from engine.errors import UserError
@@ -37,8 +39,8 @@ from engine.settings.profile import hosted
 from engine.workspace import home, workspace_id, workspace_of
 
 __all__ = ["queue_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
-           "check_can_queue", "dispatch_forever", "ensure_dispatcher", "recover_interrupted", "resume_queue",
-           "max_concurrent"]
+           "check_can_queue", "queue_lock", "dispatch_forever", "ensure_dispatcher", "recover_interrupted",
+           "resume_queue", "max_concurrent"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,6 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER
 )
 """
+# How deep this thread holds queue_lock (0: not at all).
+_QUEUE_LOCK_HELD = threading.local()
 _COLUMNS = {"resume": "INTEGER NOT NULL DEFAULT 0", "nproc": "INTEGER NOT NULL DEFAULT 1",
             "executor": "TEXT NOT NULL DEFAULT 'local'", "ref": "TEXT"}
 
@@ -102,7 +106,7 @@ def _enqueue(run: Run, resume: bool = False) -> int:
     if resume and not run.last_checkpoint.is_file():
         raise UserError(f"run '{run.id}' has no last.pt checkpoint to resume from; start it again instead")
     run_dir = str(run.path.resolve())
-    with closing(_db()) as db:
+    with queue_lock(), closing(_db()) as db:
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT state FROM jobs WHERE run_dir=?", (run_dir,)).fetchone()
@@ -156,6 +160,10 @@ def check_can_queue(config) -> None:
             raise UserError(f"this workspace already has {active} training job(s) queued or running, the most "
                             f"allowed (TS_MAX_QUEUED={cap.max_queued_per_workspace}); wait for one to finish "
                             "or cancel one on the Runs page")
+        on_server = sum(1 for job in list_jobs() if job["state"] in ("queued", "running"))
+        if on_server >= cap.max_queued_on_server:
+            raise UserError(f"this server already has {on_server} training jobs queued or running, its limit "
+                            f"(TS_MAX_QUEUED_TOTAL={cap.max_queued_on_server}); try again when some have finished")
         check_disk_quota()
     check_free_disk()
     audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)
@@ -181,10 +189,36 @@ def queue_run(config, label: str | None = None) -> Run:
             raise UserError(f"the pretrained weights of {config.backbone} are not on this machine ({source}); "
                             "pick an available backbone or train from scratch")
     load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
-    run = new_run(label or f"{config.backbone}-{config.mode}")
-    run.write_config(config.to_dict())
-    _enqueue(run)
+    with queue_lock():  # the workspace clean-up never sees this run between its folder and its queue row
+        run = new_run(label or f"{config.backbone}-{config.mode}")
+        run.write_config(config.to_dict())
+        _enqueue(run)
     return run
+
+
+@contextmanager
+def queue_lock() -> Iterator[None]:
+    """The queue's lock, across processes and threads (re-entrant within one thread).
+
+    Held while a run's folder is created and queued (:func:`queue_run`, :func:`submit`) and by the
+    workspace clean-up while it decides what to keep and deletes the rest, so a run submitted meanwhile
+    is never deleted.
+    """
+    if getattr(_QUEUE_LOCK_HELD, "depth", 0):
+        _QUEUE_LOCK_HELD.depth += 1
+        try:
+            yield
+        finally:
+            _QUEUE_LOCK_HELD.depth -= 1
+        return
+    with open(home() / "queue.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one open file per holder: threads of one server exclude each other too
+        _QUEUE_LOCK_HELD.depth = 1
+        try:
+            yield
+        finally:
+            _QUEUE_LOCK_HELD.depth = 0
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def queue_position(run: Run) -> int | None:

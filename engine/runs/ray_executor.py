@@ -38,7 +38,7 @@ from engine.errors import UserError
 from engine.runs.executors import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command
 from engine.runs.run_dir import Run
 from engine.runs.tasks import spawn
-from engine.workspace import home
+from engine.workspace import home, strip_secrets
 
 __all__ = ["RAY_NAMESPACE", "RayExecutor", "JobActor", "job_resources"]
 
@@ -155,7 +155,8 @@ class RayExecutor:
         name = f"ts-job-{secrets.token_hex(6)}"
         actor = self._actor.options(name=name, namespace=RAY_NAMESPACE, lifetime="detached", num_cpus=cpus,
                                     num_gpus=gpus, max_concurrency=4, max_restarts=0).remote()
-        env = {key: value for key, value in os.environ.items() if key.startswith("TS_") or key in _FORWARDED_ENV}
+        env = strip_secrets({key: value for key, value in os.environ.items()
+                             if key.startswith("TS_") or key in _FORWARDED_ENV})  # never TS_PASSWORD
         env["TRANSFER_STUDIO_HOME"] = str(home().resolve())
         Run(run_dir).update_status(message=f"handed to Ray ({cpus} CPU, {gpus} GPU); waiting for a node")
         result = actor.run.remote(str(Path(run_dir).resolve()), resume, nproc, env,  # type: ignore[attr-defined]

@@ -112,5 +112,7 @@ def new_run(label: str, root: Path | None = None) -> Run:
 
 def list_runs(root: Path | None = None) -> list[Run]:
     root = Path(root or runs_dir())
+    if not root.is_dir():
+        return []  # a workspace nothing was written to yet
     runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
     return sorted(runs, key=lambda r: r.id, reverse=True)

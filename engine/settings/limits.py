@@ -16,10 +16,11 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.settings.profile import hosted
-from engine.workspace import home, workspace_id, workspace_root
+from engine.workspace import home, workspace_id, workspace_root, workspaces_dir
 
 __all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_dataset_upload",
-           "check_disk_quota", "check_free_disk", "workspace_usage_bytes", "jobs_at_once", "training_ceilings"]
+           "check_disk_quota", "check_free_disk",
+           "check_room_for_new_workspace", "workspace_usage_bytes", "jobs_at_once", "training_ceilings"]
 
 LIMITS_FILE_ENV = "TS_LIMITS_FILE"
 
@@ -55,6 +56,17 @@ class Limits:
                                   "it is stopped, hours")
     max_task_hours: float = _limit(12.0, "TS_MAX_TASK_HOURS", "wall-clock time one background task may run "
                                    "before it is stopped, hours")
+    max_workspaces: int = _limit(500, "TS_MAX_WORKSPACES", "workspaces on the server; beyond it a new "
+                                 "visitor's first upload, run or task is refused until idle ones are cleaned up",
+                                 hosted_only=True)
+    max_queued_on_server: int = _limit(50, "TS_MAX_QUEUED_TOTAL", "training jobs queued or running on the "
+                                       "server, all workspaces together", hosted_only=True)
+    password_attempts: int = _limit(5, "TS_PASSWORD_ATTEMPTS", "wrong passwords one browser session may try "
+                                    "before it is refused")
+    password_attempts_server: int = _limit(100, "TS_PASSWORD_ATTEMPTS_SERVER", "wrong passwords the whole "
+                                           "server takes per 15 minutes before the password form pauses")
+    password_delay_s: float = _limit(1.0, "TS_PASSWORD_DELAY_S", "seconds a session waits after a wrong "
+                                     "password before its next try, doubling with each wrong one")
     model_idle_minutes: float = _limit(15.0, "TS_MODEL_IDLE_MINUTES", "a loaded model no session has used this "
                                        "long is released (GPU memory included)")
     decoded_cache_gb: float = _limit(4.0, "TS_DECODED_CACHE_GB", "decoded images one dataset may keep on disk "
@@ -141,12 +153,26 @@ def check_disk_quota(adding_bytes: int = 0) -> None:
     """Hosted: refuse when the workspace (plus what is about to be written) is over its quota."""
     if not hosted() or workspace_id() is None:
         return
+    check_room_for_new_workspace()
     quota_mb = limits().disk_quota_mb
     used = workspace_usage_bytes()
     if used + adding_bytes > quota_mb * 1024**2:
         more = f" (plus {adding_bytes / 1024**2:,.0f} MB for this one)" if adding_bytes else ""
         raise UserError(f"this workspace uses {used / 1024**2:,.0f} MB{more}, over its {quota_mb:,g} MB disk "
                         "quota (TS_DISK_QUOTA_MB); delete old runs or uploads first")
+
+
+def check_room_for_new_workspace() -> None:
+    """Hosted: the first write of a workspace that has no folder yet is refused when the server already
+    holds ``max_workspaces`` (a script opening fresh sessions must not mint disk and queue slots without end)."""
+    if not hosted() or workspace_id() is None or workspace_root().is_dir():
+        return
+    most = limits().max_workspaces
+    root = workspaces_dir()
+    held = sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else 0
+    if held >= most:
+        raise UserError(f"this server already holds {held:,} workspaces, its limit (TS_MAX_WORKSPACES={most:,}); "
+                        "try again later, when idle ones have been cleaned up, or ask the operator")
 
 
 def check_free_disk() -> None:
