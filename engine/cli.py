@@ -293,6 +293,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench_abuse(args) -> int:
+    from engine.bench.abuse import bench_abuse, format_report
+
+    rows = bench_abuse(images=args.images, side=args.side, entries=args.entries, parquet_rows=args.parquet_rows,
+                       csv_rows=args.csv_rows, bomb_mb=args.bomb_mb, run_dir=args.run_dir,
+                       progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    print(format_report(rows))
+    return 0
+
+
 def cmd_bench_infer(args) -> int:
     from engine.bench.infer import bench_infer, format_bench
 
@@ -355,7 +365,8 @@ def cmd_predict(args) -> int:
         from engine.export.analyse import analyse_images
 
         files = [(p, Path(p).read_bytes()) for p in args.images]
-        result = analyse_images(run_dir, files, top_k=args.top_k, threshold=args.threshold, model_file=args.model)
+        result = analyse_images(run_dir, files, top_k=args.top_k, threshold=args.threshold, model_file=args.model,
+                                budget=None)  # the operator's own command: no per-request budget
         rows = {r["file"]: r for r in result["rows"]} | {e["file"]: e for e in result["errors"]}
         for path in args.images:
             row = {k: v for k, v in rows[path].items() if k not in ("file", f"top-{args.top_k}")}
@@ -539,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=64, help="largest drawn image side in px")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_health)
+
+    p = bench_sub.add_parser("abuse", help="hostile uploads (huge images, zip and table bombs) through the real "
+                             "code paths, each in a child process: peak RSS and what the visitor was told")
+    p.add_argument("--run-dir", default=None, help="an exported run to predict with (default: train a small one)")
+    p.add_argument("--images", type=int, default=40, help="solid PNGs in the predict zip")
+    p.add_argument("--side", type=int, default=6000, help="their side, px")
+    p.add_argument("--entries", type=int, default=1_000_000, help="empty entries in the entry-count zip")
+    p.add_argument("--parquet-rows", type=int, default=1_000_000_000, help="rows of the run-length-encoded table")
+    p.add_argument("--csv-rows", type=int, default=19_000_000, help="rows of the CSV table bomb (190 MB)")
+    p.add_argument("--bomb-mb", type=int, default=1024, help="unpacked MB of the zip-bomb entry")
+    p.set_defaults(func=cmd_bench_abuse)
 
     p = bench_sub.add_parser("infer", help="inference latency/throughput: PyTorch eager vs onnxruntime fp32/int8")
     p.add_argument("run_dir")

@@ -52,12 +52,13 @@ else:
 
 if files:
     try:
-        result = analyse_images(run.path, files, top_k=min(5, len(classes)))
+        result = analyse_images(run.path, files, top_k=min(5, len(classes)), budget="demo")
     except UserError as exc:
         st.error(str(exc))
         st.stop()
     for problem in result["errors"]:
-        st.error(f"**{problem['file']}**: {problem['error']}. Try a PNG or JPEG image.")
+        hint = "" if problem.get("request") else " Try a PNG or JPEG image."
+        st.error(f"**{problem['file']}**: {problem['error']}.{hint}")
     for row in result["rows"]:
         left, right = st.columns([1, 2])
         left.image(result["images"][row["file"]], width="stretch")

@@ -79,8 +79,11 @@ if files:
         st.error(str(exc))
         st.stop()
     for problem in result["errors"]:
-        st.error(f"**{problem['file']}**: {problem['error']}. Upload PNG, JPEG, WebP, BMP or TIFF images "
-                 "(or a .zip of them).")
+        if problem.get("request"):
+            st.warning(f"Not everything was read: {problem['error']}.")
+        else:
+            st.error(f"**{problem['file']}**: {problem['error']}. Upload PNG, JPEG, WebP, BMP or TIFF images "
+                     "(or a .zip of them).")
     if not result["ood"]["available"]:
         st.caption(f"No out-of-distribution score: {result['ood']['reason']}.")
     rows = result["rows"]

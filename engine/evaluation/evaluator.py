@@ -14,7 +14,6 @@ The fitted temperature stored here is the one export and prediction use.
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from engine.evaluation.compare import compare_predictions
 from engine.evaluation.curves import overfitting, threshold_curve
 from engine.evaluation.metrics import BOOTSTRAP_RESAMPLES, confusion, headline_metrics, per_class_table
 from engine.evaluation.ood import OODReference, build_reference, load_reference
+from engine.idle_cache import IdleCache
 from engine.runs import Run
 from engine.workspace import atomic_path, file_sha256, read_json, write_json_atomic
 
@@ -235,8 +235,15 @@ class RunEvaluation:
         return p
 
 
-_CACHE: dict[str, tuple[float, RunEvaluation]] = {}
-_LOCK = threading.Lock()
+def _idle_s() -> float:
+    from engine.settings.limits import limits
+
+    return limits().model_idle_minutes * 60
+
+
+# Per file version, released when no session has used them for the idle time (bounded in number).
+_CACHE: IdleCache[RunEvaluation | None] = IdleCache(_idle_s, max_entries=16)
+_MODELS: IdleCache[object] = IdleCache(_idle_s, max_entries=1)  # one model at a time: sessions share it
 
 
 def load_evaluation(run_dir: Path | str) -> RunEvaluation | None:
@@ -245,12 +252,11 @@ def load_evaluation(run_dir: Path | str) -> RunEvaluation | None:
     files = _files(run.path)
     if not files["summary"].is_file() or not files["predictions"].is_file():
         return None
-    key = str(files["summary"].resolve())
-    mtime = files["summary"].stat().st_mtime
-    with _LOCK:
-        hit = _CACHE.get(key)
-        if hit and hit[0] == mtime:
-            return hit[1]
+    return _CACHE.get(str(files["summary"].resolve()), files["summary"].stat().st_mtime,
+                      lambda: _read_evaluation(run, files))
+
+
+def _read_evaluation(run: Run, files: dict) -> RunEvaluation | None:
     summary = read_json(files["summary"])
     if not summary or summary.get("format") != EVALUATION_FORMAT:
         return None
@@ -258,10 +264,7 @@ def load_evaluation(run_dir: Path | str) -> RunEvaluation | None:
         predictions = pd.read_parquet(files["predictions"])
     except Exception:  # half-copied or damaged: evaluate again
         return None
-    result = RunEvaluation(run, summary, predictions)
-    with _LOCK:
-        _CACHE[key] = (mtime, result)
-    return result
+    return RunEvaluation(run, summary, predictions)
 
 
 def run_temperature(run_dir: Path | str) -> dict | None:
@@ -298,22 +301,11 @@ def start_evaluation(run_dir: Path | str) -> dict:
 
 # ---------------------------------------------------------------- activation maps
 
-_MODELS: dict[str, tuple[float, object]] = {}
-
-
 def _model_for(run: Run):
     from engine.training.runner import load_checkpoint_model
 
-    key, mtime = str(run.best_checkpoint.resolve()), run.best_checkpoint.stat().st_mtime
-    with _LOCK:
-        hit = _MODELS.get(key)
-        if hit and hit[0] == mtime:
-            return hit[1]
-    loaded = load_checkpoint_model(run.best_checkpoint)
-    with _LOCK:
-        _MODELS.clear()  # one model at a time: several users of one server share it
-        _MODELS[key] = (mtime, loaded)
-    return loaded
+    return _MODELS.get(str(run.best_checkpoint.resolve()), run.best_checkpoint.stat().st_mtime,
+                       lambda: load_checkpoint_model(run.best_checkpoint))
 
 
 def activation_maps(run_dir: Path | str, image, class_names: list[str]) -> dict:

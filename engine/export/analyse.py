@@ -4,72 +4,143 @@ exported ONNX model, with per-file errors, an "unsure" threshold and an out-of-d
 Everything runs on onnxruntime: the exported graph outputs the pooled backbone features
 next to the logits, and the run's evaluation stored the training features they are compared
 with (:mod:`engine.evaluation.ood`).
+
+One request is bounded in files, unpacked bytes and decoded pixels (:class:`RequestBudget`; the
+anonymous model demo gets stricter limits than the Predict page). Zip members are read one at a time
+through the bounded zip reader, each image is decoded no larger than the model needs (JPEG draft) and
+only a gallery thumbnail of it is kept. A batch's results are cached by content hash, so moving the
+threshold slider does not decode anything again.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from engine.data.images import IMAGE_SUFFIXES, ImageProblem, load_rgb
-from engine.data.zipsafe import ZipLimits, max_upload_bytes
+from engine.data.zipsafe import ZipLimits, open_zip, read_member, zip_members
 from engine.errors import UserError
 from engine.export.inference import get_classifier, softmax
+from engine.idle_cache import IdleCache
 
-__all__ = ["expand_uploads", "analyse_images", "UNSURE", "MAX_BATCH_IMAGES"]
+__all__ = ["analyse_images", "RequestBudget", "UNSURE", "GALLERY_PX"]
 
 UNSURE = "unsure"
-# One page request; more belongs in a script with the bundle's predict.py.
-MAX_BATCH_IMAGES = 500
+# Longest side of the gallery thumbnail kept per image (the decoded image itself is dropped).
+GALLERY_PX = 192
 
 
-def _zip_members(name: str, data: bytes) -> list[tuple[str, bytes | None, str | None]]:
-    """The image files of an uploaded zip, each as (name, bytes, None), or one (name, None, error) line."""
+@dataclass(frozen=True)
+class RequestBudget:
+    """What one request may cost: images, unpacked bytes, decoded pixels; ``page`` names it in messages."""
+
+    files: int
+    bytes: int
+    pixels: int
+    page: str
+    variables: tuple[str, str, str]
+
+    @classmethod
+    def for_page(cls, page: str) -> RequestBudget:
+        """The budget of ``"predict"`` (the Predict page and the CLI) or ``"demo"`` (the anonymous share link)."""
+        from engine.settings.limits import limits
+
+        current = limits()
+        if page == "demo":
+            return cls(int(current.demo_max_files), int(current.demo_max_mb * 1024**2),
+                       int(current.demo_max_megapixels * 1e6), "the model demo",
+                       ("TS_DEMO_MAX_FILES", "TS_DEMO_MAX_MB", "TS_DEMO_MAX_MEGAPIXELS"))
+        if page != "predict":
+            raise ValueError(f"unknown request budget {page!r}")
+        return cls(int(current.predict_max_files), int(current.predict_max_mb * 1024**2),
+                   int(current.predict_max_megapixels * 1e6), "one Predict request",
+                   ("TS_PREDICT_MAX_FILES", "TS_PREDICT_MAX_MB", "TS_PREDICT_MAX_MEGAPIXELS"))
+
+
+class _Spent:
+    """What a request has used so far against its budget; ``over`` is why the rest is not read."""
+
+    def __init__(self, budget: RequestBudget | None):
+        self.budget, self.files, self.bytes, self.pixels = budget, 0, 0, 0
+        self.over: str | None = None
+
+    def room_for_file(self, size: int) -> bool:
+        b = self.budget
+        if b is None or self.over:
+            return self.over is None
+        if self.files >= b.files:
+            self.over = (f"more than {b.files:,} images for {b.page} ({b.variables[0]}); the rest were not read: "
+                         "send fewer, or use the bundle's predict.py for a large batch")
+        elif self.bytes + size > b.bytes:
+            self.over = (f"the images unpack to more than {b.bytes / 1024**2:,.0f} MB for {b.page} "
+                         f"({b.variables[1]}); the rest were not read: send fewer or smaller images")
+        elif self.pixels >= b.pixels:
+            self.over = (f"the images decode to more than {b.pixels / 1e6:,.0f} megapixels for {b.page} "
+                         f"({b.variables[2]}); the rest were not read: send fewer or smaller images")
+        return self.over is None
+
+
+def _zip_images(name: str, data: bytes, spent: _Spent) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """The members of an uploaded zip, one at a time: (name, bytes, None) or (name, None, why not)."""
+    any_member = False
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        return [(name, None, "not a readable zip archive")]
-    out: list[tuple[str, bytes | None, str | None]] = []
-    total = 0
-    with archive:
-        for info in archive.infolist():
-            path = PurePosixPath(info.filename.replace("\\", "/"))
-            if info.is_dir() or any(p in {"__MACOSX", ".DS_Store"} or p.startswith("._") for p in path.parts):
-                continue
-            member = f"{name}/{path}"
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                out.append((member, None, f"not an image file ({path.suffix or 'no extension'})"))
-                continue
-            if len(out) >= MAX_BATCH_IMAGES:
-                out.append((name, None, f"more than {MAX_BATCH_IMAGES} files; the rest were not read"))
-                break
-            ratio = info.file_size / max(1, info.compress_size)
-            total += info.file_size
-            if info.file_size > ZipLimits.max_entry_bytes or ratio > ZipLimits.max_ratio:
-                out.append((member, None, "refused: too large or too highly compressed"))
-                continue
-            if total > max_upload_bytes():
-                out.append((name, None, "the zip unpacks to more than the upload limit; the rest were not read"))
-                break
-            out.append((member, archive.read(info), None))
-    return out or [(name, None, "the zip holds no files")]
+        with open_zip(io.BytesIO(data), name) as archive:
+            for info, path, problem in zip_members(archive):
+                any_member = True
+                member = f"{name}/{path}"
+                if problem:
+                    yield member, None, problem
+                elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                    yield member, None, f"not an image file ({path.suffix or 'no extension'})"
+                elif not spent.room_for_file(info.file_size):
+                    return
+                else:
+                    limit = ZipLimits.max_entry_bytes
+                    if spent.budget is not None:
+                        limit = min(limit, spent.budget.bytes - spent.bytes)
+                    try:
+                        content = read_member(archive, info, limit)
+                    except UserError as exc:
+                        yield member, None, str(exc)
+                        continue
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+                        yield member, None, f"cannot be read from the zip ({str(exc)[:80]})"
+                        continue
+                    yield member, content, None
+    except UserError as exc:
+        yield name, None, str(exc)
+        return
+    if not any_member:
+        yield name, None, "the zip holds no files"
 
 
-def expand_uploads(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes | None, str | None]]:
-    """Uploaded (name, bytes) -> one (name, bytes, error) per image; a zip becomes its images."""
-    out: list[tuple[str, bytes | None, str | None]] = []
+def _uploads(files: list[tuple[str, bytes]], spent: _Spent) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """Uploaded (name, bytes) -> one (name, bytes, error) per image, a zip's members streamed one by one."""
     for name, data in files:
         if name.lower().endswith(".zip"):
-            out.extend(_zip_members(name, data))
-        else:
-            out.append((name, data, None))
-    return out
+            yield from _zip_images(name, data, spent)
+        elif spent.room_for_file(len(data)):
+            yield name, data, None
+        if spent.over:
+            return
 
 
-_OOD_CACHE: dict[str, tuple[float, object]] = {}
+def _idle_s() -> float:
+    from engine.settings.limits import limits
+
+    return limits().model_idle_minutes * 60
+
+
+# A run's OOD reference (the training features) and a batch's results, both released when idle.
+_OOD_CACHE: IdleCache[object] = IdleCache(_idle_s, max_entries=8)
+_RESULTS: IdleCache[dict] = IdleCache(_idle_s, max_entries=4)
 
 
 def _ood_reference(run_dir: Path):
@@ -78,42 +149,61 @@ def _ood_reference(run_dir: Path):
     path = evaluation_dir(run_dir) / "ood_reference.npz"
     if not path.is_file():
         return None
-    key, mtime = str(path.resolve()), path.stat().st_mtime
-    hit = _OOD_CACHE.get(key)
-    if hit is None or hit[0] != mtime:
-        hit = (mtime, run_ood_reference(run_dir))
-        _OOD_CACHE[key] = hit
-    return hit[1]
+    return _OOD_CACHE.get(str(path.resolve()), path.stat().st_mtime, lambda: run_ood_reference(run_dir))
+
+
+def _batch_key(model: Path, files: list[tuple[str, bytes]], top_k: int, budget: RequestBudget | None) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(repr((str(model), model.stat().st_mtime, top_k, budget)).encode())
+    for name, data in files:
+        digest.update(name.encode("utf-8", "replace") + b"\0" + len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def analyse_images(run_dir: Path | str, files: list[tuple[str, bytes]], top_k: int = 3, threshold: float = 0.0,
-                   model_file: Path | str | None = None) -> dict:
+                   model_file: Path | str | None = None, budget: str | None = "predict") -> dict:
     """Classify uploaded files with the run's exported model.
 
     ``files``: (name, bytes) pairs, images or zips of images; each bad file becomes one
     ``errors`` entry and the others still run. ``threshold``: below this calibrated top
-    probability the answer is ``"unsure"``. Returns ``rows`` (one per image: file, answer,
-    top-k, probabilities, milliseconds, OOD score and flag), ``errors``, the ``images`` that
-    were read (name -> PIL image, for a gallery) and ``ood`` (the calibration used, or why none).
+    probability the answer is ``"unsure"``. ``budget``: ``"predict"``, ``"demo"`` (stricter) or None
+    (the operator's CLI: no per-request limit); what is past the budget is not read, and one error
+    says so. Returns ``rows`` (one per image: file, answer, top-k, probabilities, milliseconds, OOD
+    score and flag), ``errors`` (``request`` True on the one saying the budget ran out), ``images``
+    (name -> gallery thumbnail, PIL, at most ``GALLERY_PX``) and ``ood`` (the calibration used, or why none).
     """
     from engine.runs import Run
 
     run = Run(run_dir)
-    classifier = get_classifier(model_file or run.onnx_file)
+    model = Path(model_file or run.onnx_file).resolve()
+    classifier = get_classifier(model)
+    top_k = max(1, min(int(top_k), len(classifier.classes)))
+    request = RequestBudget.for_page(budget) if budget else None
+    key = _batch_key(model, files, top_k, request)
+    result = _RESULTS.get(key, None, lambda: _classify(run.path, classifier, files, top_k, request))
+    rows = [{"file": r["file"], "answer": r["prediction"] if r["probability"] >= threshold else UNSURE, **r}
+            for r in result["rows"]]
+    return {**result, "rows": rows, "errors": list(result["errors"]), "threshold": float(threshold)}
+
+
+def _classify(run_dir: Path, classifier, files: list[tuple[str, bytes]], top_k: int,
+              request: RequestBudget | None) -> dict:
+    """Decode, prepare and classify within the budget: rows without the threshold's answer (cached)."""
     classes = classifier.classes
-    top_k = max(1, min(int(top_k), len(classes)))
-    items = expand_uploads(files)
-    if len(items) > MAX_BATCH_IMAGES:
-        raise UserError(f"{len(items)} images in one request; at most {MAX_BATCH_IMAGES} (use the bundle's "
-                        "predict.py for more)")
+    spent = _Spent(request)
     errors, names, images, prepared, prep_ms = [], [], {}, [], []
-    for name, data, problem in items:
+    draft = 2 * int(classifier.preprocess["input_size"])  # a margin over the model's size: resize stays bilinear
+    for name, data, problem in _uploads(files, spent):
         if problem:
             errors.append({"file": name, "error": problem})
             continue
+        spent.files += 1
+        spent.bytes += len(data)
         t0 = time.perf_counter()
         try:
-            img = load_rgb(io.BytesIO(data))
+            img = load_rgb(io.BytesIO(data), draft_size=draft)
+            spent.pixels += img.size[0] * img.size[1]
             prepared.append(classifier.prepare(img))
         except ImageProblem as exc:
             errors.append({"file": name, "error": str(exc)})
@@ -122,11 +212,14 @@ def analyse_images(run_dir: Path | str, files: list[tuple[str, bytes]], top_k: i
             errors.append({"file": name, "error": f"cannot be prepared for the model ({type(exc).__name__})"})
             continue
         prep_ms.append(1000 * (time.perf_counter() - t0))
+        img.thumbnail((GALLERY_PX, GALLERY_PX))  # the full-size pixels are not kept
         names.append(name)
         images[name] = img
-    ood = _ood_reference(run.path)
+    if spent.over:
+        errors.append({"file": "this request", "error": spent.over, "request": True})
+    ood = _ood_reference(run_dir)
     result = {"rows": [], "errors": errors, "images": images, "classes": classes,
-              "temperature": classifier.temperature, "threshold": float(threshold)}
+              "temperature": classifier.temperature}
     if ood is None:
         result["ood"] = {"available": False, "reason": "the run has not been evaluated yet: evaluate it to get "
                          "out-of-distribution scores"}
@@ -145,12 +238,9 @@ def analyse_images(run_dir: Path | str, files: list[tuple[str, bytes]], top_k: i
     for i, name in enumerate(names):
         row = probs[i]
         order = np.argsort(-row)[:top_k]
-        best = float(row[order[0]])
         record = {
-            "file": name,
-            "answer": classes[order[0]] if best >= threshold else UNSURE,
             "prediction": classes[order[0]],
-            "probability": best,
+            "probability": float(row[order[0]]),
             f"top-{top_k}": ", ".join(f"{classes[j]} {row[j]:.3f}" for j in order),
             "top_k": [{"class": classes[j], "probability": float(row[j])} for j in order],
             "ms": round(prep_ms[i] + model_ms, 2),
@@ -159,5 +249,5 @@ def analyse_images(run_dir: Path | str, files: list[tuple[str, bytes]], top_k: i
             record["ood_score"] = float(scores[i])
             record["ood_percentile"] = float(ood.percentile_of(scores[i:i + 1])[0])
             record["unlike_training"] = bool(ood.flags(scores[i:i + 1])[0])
-        result["rows"].append(record)
+        result["rows"].append({"file": name, **record})
     return result

@@ -9,7 +9,7 @@ import numpy as np
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
 from engine.device import ort_threads
 from engine.errors import UserError
-from engine.hosting.idle_cache import IdleCache
+from engine.idle_cache import IdleCache
 
 __all__ = ["OnnxClassifier", "get_classifier", "release_idle_models", "softmax"]
 

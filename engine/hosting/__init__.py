@@ -4,6 +4,5 @@ The profile, the limits and the audit log are settings: :mod:`engine.settings`.
 ``engine.hosting.workspaces``  visitor token -> workspace, last use, the idle-workspace clean-up (TTL)
 ``engine.hosting.sharing``     read-only share links to one run (its results and model demo)
 ``engine.hosting.access``      the optional shared password and the login identity's workspace
-``engine.hosting.idle_cache``  a holder for loaded models keyed by file, released after idle time
 ``engine.hosting.health``      the health check (workspace writable, job queue readable, limits valid)
 """

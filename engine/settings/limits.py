@@ -67,6 +67,17 @@ class Limits:
                                            "server takes per 15 minutes before the password form pauses")
     password_delay_s: float = _limit(1.0, "TS_PASSWORD_DELAY_S", "seconds a session waits after a wrong "
                                      "password before its next try, doubling with each wrong one")
+    predict_max_files: int = _limit(500, "TS_PREDICT_MAX_FILES", "images one Predict request may classify "
+                                    "(files, or members of its zips)")
+    predict_max_mb: float = _limit(200.0, "TS_PREDICT_MAX_MB", "bytes one Predict request may unpack and "
+                                   "decode (its images, zip members unpacked), MB")
+    predict_max_megapixels: float = _limit(400.0, "TS_PREDICT_MAX_MEGAPIXELS", "decoded pixels one Predict "
+                                           "request may cost, all its images together, megapixels")
+    demo_max_files: int = _limit(4, "TS_DEMO_MAX_FILES", "images one request of the model demo (the anonymous "
+                                 "share link) may classify")
+    demo_max_mb: float = _limit(20.0, "TS_DEMO_MAX_MB", "bytes one model-demo request may unpack and decode, MB")
+    demo_max_megapixels: float = _limit(50.0, "TS_DEMO_MAX_MEGAPIXELS", "decoded pixels one model-demo request "
+                                        "may cost, megapixels")
     model_idle_minutes: float = _limit(15.0, "TS_MODEL_IDLE_MINUTES", "a loaded model no session has used this "
                                        "long is released (GPU memory included)")
     decoded_cache_gb: float = _limit(4.0, "TS_DECODED_CACHE_GB", "decoded images one dataset may keep on disk "

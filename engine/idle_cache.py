@@ -1,6 +1,8 @@
-"""A thread-safe holder for loaded models: keyed by file, re-created when the file changes, released when
-no session has used one for a while (or when there are too many), so per-user models do not pile up
-in the server's memory (GPU memory included: onnxruntime frees a session's memory when it is dropped).
+"""A thread-safe, bounded holder for what the server keeps in memory between requests: loaded models keyed
+by file, a run's out-of-distribution reference, a batch's predictions. Re-created when the version changes,
+released when no session has used it for a while (or when there are too many), so per-user values do not
+pile up in the server's memory (GPU memory included: onnxruntime frees a session's memory when it is dropped).
+On the ground floor, so every layer that caches (export, evaluation, hosting) uses the same one.
 """
 from __future__ import annotations
 
@@ -24,16 +26,22 @@ class IdleCache(Generic[V]):
         self._items: dict[Hashable, tuple[object, V, float]] = {}  # key -> (version, value, last used)
 
     def get(self, key: Hashable, version: object, make: Callable[[], V]) -> V:
-        """The value for ``key`` at ``version`` (made now when absent or of another version)."""
+        """The value for ``key`` at ``version`` (made now when absent or of another version).
+
+        ``make`` runs outside the lock, so one slow value (a batch of predictions) does not hold up
+        every other session; two sessions making the same value at once both make it, the later one is kept.
+        """
         released: list[V] = []
         with self._lock:
             hit = self._items.get(key)
             if hit is not None and hit[0] == version:
-                value = hit[1]
-            else:
-                value = make()
-                if hit is not None:
-                    released.append(hit[1])
+                self._items[key] = (version, hit[1], time.monotonic())
+                return hit[1]
+        value = make()
+        with self._lock:
+            old = self._items.get(key)
+            if old is not None and old[1] is not value:
+                released.append(old[1])
             self._items[key] = (version, value, time.monotonic())
             released += self._evict_locked()
         self._release(released)
