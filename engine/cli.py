@@ -649,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.hosting.commands import add_commands
 
     add_commands(sub)  # health, limits, cleanup
+    from engine.dataloop.commands import add_commands as add_dataloop_commands
+
+    add_dataloop_commands(sub, bench_sub)  # label-issues, relabel, drop, undo, corrections, bench labels
     return parser
 
 

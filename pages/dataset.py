@@ -21,6 +21,7 @@ from engine.data.images import ImageProblem, load_rgb
 from engine.data.ingest import ingest_table, ingest_zip, server_datasets, uploaded_datasets, uploads_dir
 from engine.errors import UserError
 from app.state import current_dataset, set_dataset, require_frame
+from app.label_review import label_review
 
 require_frame()  # a deep link on a fresh server runs through the frame
 
@@ -220,6 +221,9 @@ else:
     viewable = flagged[flagged["path"].isin(set(usable["path"]))]
     _gallery(dataset.root, viewable, captions=[f"{r.label}: {r.reason[:60]}" for r in viewable.itertuples()])
     _table(flagged, "flagged_images", "dl_flagged")
+
+st.header("Label issues")
+label_review(spec, dataset, refresh=_health.clear)
 
 st.header("Embedding map")
 st.caption("MobileNetV2 features of up to 2,000 images at 96 px, projected to 2-D. Points whose nearest "

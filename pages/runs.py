@@ -21,7 +21,7 @@ if not rows:
     st.stop()
 
 table = pd.DataFrame(rows)
-shown = ["run", "dataset", "backbone", "mode", "image_size", "epochs_done", "epochs", "best_val_acc",
+shown = ["run", "dataset", "dataset_version", "backbone", "mode", "image_size", "epochs_done", "epochs", "best_val_acc",
          "accuracy", "macro_f1", "seconds", "started", "status"]
 event = st.dataframe(
     table[shown],
@@ -29,6 +29,7 @@ event = st.dataframe(
     on_select="rerun",
     selection_mode="multi-row",
     column_config={
+        "dataset_version": st.column_config.TextColumn("dataset version", help="corrections applied (fingerprint)"),
         "best_val_acc": st.column_config.NumberColumn("best val acc", format="%.3f"),
         "accuracy": st.column_config.NumberColumn("accuracy (best ckpt)", format="%.3f"),
         "macro_f1": st.column_config.NumberColumn("macro F1", format="%.3f"),

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from engine.data.builtin import BUILTIN_DATASETS, materialise
+from engine.data.corrections import apply_corrections
 from engine.data.images import IMAGE_SUFFIXES, inspect_file
 from engine.data.tables import TABLE_NAMES, TABLE_SUFFIXES, read_table
 from engine.errors import UserError
@@ -385,6 +386,7 @@ def load_dataset(spec: str | Path, val_fraction: float = 0.2, seed: int = 0,
     split_source = ("table" if table is not None or find_table(root) else "folders") \
         if "train" in given and given & {"val", "test"} else "generated"
     manifest = assign_split(manifest, val_fraction=val_fraction, seed=seed)
+    manifest = apply_corrections(root, manifest)  # the workspace's relabels and drops: a new version
     dataset = Dataset(name=name, root=Path(root), manifest=manifest, problems=problems,
                       split_source=split_source, val_fraction=val_fraction, seed=seed)
     usable = dataset.usable

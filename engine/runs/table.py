@@ -16,6 +16,13 @@ def _best(metrics: list[dict], key: str, better=max):
     return better(values) if values else None
 
 
+def _version(resolved: dict) -> str | None:
+    fingerprint = resolved.get("dataset_fingerprint")
+    if not fingerprint:
+        return None
+    return f"{resolved.get('dataset_version', 'original')} ({fingerprint[:8]})"
+
+
 def run_row(run: Run) -> dict:
     """One line of the runs table: what the run was, how far it got, how good it is."""
     try:
@@ -38,6 +45,8 @@ def run_row(run: Run) -> dict:
     return {
         "run": run.id,
         "dataset": dataset,
+        # The version trained on: its corrections in words and the fingerprint of what training read.
+        "dataset_version": _version(resolved),
         "backbone": cfg.get("backbone"),
         "mode": cfg.get("mode"),
         "image_size": resolved.get("image_size", cfg.get("image_size")),

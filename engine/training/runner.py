@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.data.corrections import version_label
 from engine.data.dataset import load_dataset
 from engine.data.health import inverse_frequency_weights
 from engine.data.tensors import decode_split
@@ -248,6 +249,7 @@ def prepare(config: TrainConfig, cb: Callback | None = None, dist_ctx: DistConte
                      "num_test": len(labels["test"]) if "test" in labels else 0, "world_size": dist_ctx.world,
                      "threads": torch.get_num_threads(),
                      "dataset_name": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
+                     "dataset_version": version_label(dataset.root),
                      "mean": list(spec.mean), "std": list(spec.std), "versions": _versions()}
     }
     apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=0, every=config.gradual_every)

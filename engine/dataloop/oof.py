@@ -1,0 +1,42 @@
+"""Out-of-fold class probabilities from the linear probe: each image scored by a probe that never saw it.
+
+Confident learning needs, for every labelled image, the model's belief about it from a model not fitted
+on its (possibly wrong) label. The regularisation is chosen once by the probe's own cross-validation on
+all images; then a probe with that setting is fitted on K-1 folds and scores the K-th, K times.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.training.metrics import stratified_folds
+from engine.training.probe import fit_probe
+
+__all__ = ["out_of_fold_probabilities", "softmax"]
+
+DEFAULT_FOLDS = 5
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                              folds: int = DEFAULT_FOLDS, seed: int = 0) -> np.ndarray:
+    """(N, num_classes) probabilities, row i from a probe fitted without image i.
+
+    ``folds`` is lowered to the smallest class's count (at least 2); a class with one image is scored by
+    probes that never saw that class.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    k = int(max(2, min(folds, present.min() if len(present) else 2)))
+    chosen = fit_probe(features, labels, num_classes, seed=seed)
+    probs = np.zeros((len(labels), num_classes))
+    for train, held_out in stratified_folds(labels, k, seed):
+        fit = fit_probe(features[train], labels[train], num_classes, C=chosen.C, scaling=chosen.scaling, seed=seed)
+        probs[held_out] = softmax(fit.logits(features[held_out]))
+    return probs
