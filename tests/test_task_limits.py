@@ -263,3 +263,19 @@ def test_two_tabs_uploading_the_same_zip_extract_it_once(tmp_path):
     assert (dest / COMPLETE_MARKER).is_file() and len(list(dest.glob("*/*.png"))) == 40
     assert not [p for p in dest.parent.iterdir() if ".partial-" in p.name]
     assert os.path.getmtime(dest) == os.path.getmtime(ingest_zip(upload))  # a third upload reuses it
+
+
+def test_tasks_that_train_keep_to_the_hosted_image_size_ceiling(monkeypatch):
+    from engine.training.config import TrainConfig
+    from engine.training.lr_finder import lr_find_folder, start_lr_find
+
+    monkeypatch.setenv("TS_PROFILE", "hosted")
+    monkeypatch.setenv("TS_MAX_IMAGE_SIZE", "64")
+    with use_workspace("d" * 32):
+        config = TrainConfig(dataset="fashion-mnist", image_size=512)
+        with pytest.raises(UserError, match="TS_MAX_IMAGE_SIZE"):  # the Train page's LR finder
+            start_lr_find(config)
+        assert not lr_find_folder(config).exists()
+        with pytest.raises(UserError, match="TS_MAX_IMAGE_SIZE"):
+            start_insight("fashion-mnist", "mobilenet_v2", image_size=512)
+        assert not insight_folder("fashion-mnist", "mobilenet_v2").exists()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.settings.limits import check_training_ceilings
 from engine.workspace import read_json, workspace_root
 
 __all__ = ["compute_insight", "advice", "format_insight", "insight_folder", "start_insight", "insight_state",
@@ -200,6 +201,7 @@ def start_insight(spec: str, backbone: str, image_size: int = 64, scratch: bool 
     from engine.runs.tasks import start_task
 
     valid_backbone(backbone)  # a name from the URL or a form: one of the registry's, or one clear line
+    check_training_ceilings(None, image_size)  # it trains scratch models at this size
     folder = insight_folder(spec, backbone)
     argv = ["insight", str(spec), "--backbone", backbone, "--image-size", str(image_size), "--quiet",
             "--out", str(folder / "result.json")] + ([] if scratch else ["--no-scratch"])

@@ -34,7 +34,7 @@ from engine.runs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExe
 from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
 from engine.runs.tasks import engine_command, log_tail, pid_alive, process_start, spawn
 from engine.settings.audit import audit
-from engine.settings.limits import check_disk_quota, check_free_disk, limits
+from engine.settings.limits import check_disk_quota, check_free_disk, check_training_ceilings, limits
 from engine.settings.profile import hosted
 from engine.workspace import home, workspace_id, workspace_of
 
@@ -147,14 +147,9 @@ def _active_jobs_here() -> int:
 def check_can_queue(config) -> None:
     """Before a training run is queued (:func:`queue_run`): hosted ceilings, this workspace's
     queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
+    check_training_ceilings(config.epochs, config.image_size)
     if hosted():
         cap = limits()
-        if config.epochs is not None and int(config.epochs) > cap.max_epochs:
-            raise UserError(f"{config.epochs} epochs is over this server's ceiling of {cap.max_epochs} "
-                            "(TS_MAX_EPOCHS); choose fewer epochs")
-        if config.image_size is not None and int(config.image_size) > cap.max_image_size:
-            raise UserError(f"image size {config.image_size} px is over this server's ceiling of "
-                            f"{cap.max_image_size} px (TS_MAX_IMAGE_SIZE); choose a smaller size")
         active = _active_jobs_here()
         if active >= cap.max_queued_per_workspace:
             raise UserError(f"this workspace already has {active} training job(s) queued or running, the most "

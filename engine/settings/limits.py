@@ -20,7 +20,8 @@ from engine.workspace import home, workspace_id, workspace_root, workspaces_dir
 
 __all__ = ["Limits", "limits", "LIMITS_FILE_ENV", "limit_rows", "check_dataset_upload",
            "check_disk_quota", "check_free_disk",
-           "check_room_for_new_workspace", "workspace_usage_bytes", "jobs_at_once", "training_ceilings"]
+           "check_room_for_new_workspace", "workspace_usage_bytes", "jobs_at_once", "training_ceilings",
+           "check_training_ceilings"]
 
 LIMITS_FILE_ENV = "TS_LIMITS_FILE"
 
@@ -136,6 +137,20 @@ def training_ceilings(epochs: int, image_size: int) -> tuple[int, int]:
         return epochs, image_size
     current = limits()
     return min(epochs, int(current.max_epochs)), min(image_size, int(current.max_image_size))
+
+
+def check_training_ceilings(epochs: int | None, image_size: int | None) -> None:
+    """Hosted: refuse epochs or an image size over the server's ceilings (a training job, and the tasks
+    that train or extract at a size of their own: LR finder, sweep, insight)."""
+    if not hosted():
+        return
+    cap = limits()
+    if epochs is not None and int(epochs) > cap.max_epochs:
+        raise UserError(f"{epochs} epochs is over this server's ceiling of {cap.max_epochs} "
+                        "(TS_MAX_EPOCHS); choose fewer epochs")
+    if image_size is not None and int(image_size) > cap.max_image_size:
+        raise UserError(f"image size {image_size} px is over this server's ceiling of "
+                        f"{cap.max_image_size} px (TS_MAX_IMAGE_SIZE); choose a smaller size")
 
 
 def jobs_at_once(devices: int) -> int:

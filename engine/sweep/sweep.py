@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 from engine.errors import UserError
+from engine.settings.limits import check_training_ceilings
 from engine.training.metrics import headline_scores
 
 __all__ = ["run_sweep", "recommend", "pareto_front", "format_sweep", "start_sweep", "sweep_status",
@@ -192,6 +193,7 @@ def start_sweep(data: str, backbones: list[str], image_size: int = 224) -> tuple
     from engine.workspace import write_json_atomic
 
     names = check_backbones(backbones)
+    check_training_ceilings(None, image_size)
     folder = _folder(data, names, image_size)
     folder.mkdir(parents=True, exist_ok=True)
     argv = ["sweep", str(data), "--backbones", ",".join(names), "--image-size", str(int(image_size)),

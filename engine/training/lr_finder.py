@@ -23,6 +23,7 @@ import torch
 from engine import workspace
 from engine.errors import UserError
 from engine.runs.tasks import start_task
+from engine.settings.limits import check_training_ceilings
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
 from engine.training.freeze import param_groups
@@ -122,6 +123,7 @@ def lr_find_folder(config: TrainConfig) -> Path:
 
 def start_lr_find(config: TrainConfig, steps: int = 100) -> tuple[Path, dict]:
     """Run the sweep in its own process (pages must not train); poll with ``task_state``."""
+    check_training_ceilings(None, config.image_size)  # it trains at the form's size: the hosted ceiling holds
     folder = lr_find_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     workspace.write_json_atomic(folder / "config.json", config.to_dict())
