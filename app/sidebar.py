@@ -8,7 +8,7 @@ from engine.settings.limits import limit_rows, limits, workspace_usage_bytes
 from engine.settings.profile import hosted
 from engine.hosting.sharing import app_link
 from engine.workspace import workspace_id
-from app.state import WORKSPACE_PARAM, workspace_token
+from app.state import WORKSPACE_PARAM, open_new_workspace, workspace_token
 
 __all__ = ["workspace_panel"]
 
@@ -30,6 +30,8 @@ def workspace_panel() -> None:
             st.caption("Bookmark this page: its address reopens your workspace after a refresh, a closed tab or "
                        "a server restart. Anyone holding it can see your workspace, so keep it to yourself.")
             st.code(app_link(st.context.url, WORKSPACE_PARAM, token), language=None)
+            st.button("Open a new, empty workspace", key="new_workspace", on_click=open_new_workspace,
+                      help="If someone sent you the link you opened, they can see this workspace: start your own.")
         cap = limits()
         used = _usage_mb(wid)
         st.progress(min(1.0, used / cap.disk_quota_mb),

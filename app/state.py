@@ -26,7 +26,7 @@ from engine.workspace import runs_dir, set_workspace_resolver
 
 __all__ = ["current_dataset", "set_dataset", "current_backbone", "set_backbone", "current_run", "set_run",
            "pick_run", "DEFAULT_BACKBONE", "select_workspace", "workspace_token", "share_param", "app_secrets",
-           "WORKSPACE_PARAM", "WORKSPACE_COOKIE", "require_frame"]
+           "WORKSPACE_PARAM", "WORKSPACE_COOKIE", "require_frame", "open_new_workspace"]
 
 WORKSPACE_PARAM = "ws"
 # A proxy in front of the app may keep the token in this cookie (Streamlit itself sets no cookies).
@@ -122,6 +122,19 @@ def select_workspace() -> str | None:
     st.session_state[_WS_KEY] = wid
     touch(wid)
     return wid
+
+
+def open_new_workspace() -> None:
+    """Leave this workspace for a new, empty one (hosted, without login): a visitor who opened a link someone
+    else sent (who can see that workspace too) starts afresh. Nothing is written until its first upload."""
+    token = issue_token()
+    st.session_state[_TOKEN_KEY] = token
+    st.session_state[_WS_KEY] = workspace_for_token(token)
+    st.query_params[WORKSPACE_PARAM] = token
+    for key in ("dataset", "run"):  # the old workspace's upload and run mean nothing in the new one
+        st.session_state.pop(key, None)
+        st.query_params.pop(key, None)
+    audit("new-workspace", workspace_for_token(token))
 
 
 def workspace_token() -> str | None:

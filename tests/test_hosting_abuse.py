@@ -283,3 +283,20 @@ def test_runs_dir_reads_without_creating():
     with use_workspace(wid):
         assert uploaded_datasets() == [] and not runs_dir().exists() and not datasets_dir().exists()
     assert not (workspaces_dir() / wid).exists()
+
+
+def test_a_visitor_who_opened_someone_elses_link_can_start_their_own_workspace():
+    sender = issue_token()
+    with use_workspace(workspace_for_token(sender)):
+        theirs = new_run("the-senders")
+        theirs.write_config(TrainConfig(dataset="digits", mode="linear").to_dict())
+        theirs.update_status(state="done", stage="done")
+    assert list(open_app("pages/runs.py", ws=sender).dataframe[0].value["run"]) == [theirs.id]
+    at = open_app(ws=sender)
+    assert _token(at) == sender
+    at.button(key="new_workspace").click().run()
+    mine = _token(at)
+    assert mine != sender and token_issued(mine)
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, at.exception
+    assert not at.dataframe and any("No runs yet" in i.value for i in at.info)
