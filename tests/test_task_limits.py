@@ -279,3 +279,23 @@ def test_tasks_that_train_keep_to_the_hosted_image_size_ceiling(monkeypatch):
         with pytest.raises(UserError, match="TS_MAX_IMAGE_SIZE"):
             start_insight("fashion-mnist", "mobilenet_v2", image_size=512)
         assert not insight_folder("fashion-mnist", "mobilenet_v2").exists()
+
+
+@pytest.mark.slow
+def test_a_dispatcher_pid_now_held_by_another_process_does_not_pass_for_a_live_dispatcher(unrelated_process):
+    import fcntl
+
+    pid_file, start_file = home() / "dispatcher.pid", home() / "dispatcher.start"
+    if pid_file.is_file() and pid_alive(int(pid_file.read_text()), start_file.read_text().strip() or None):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # an earlier test's dispatcher
+        wait_for(lambda: not pid_alive(int(pid_file.read_text())), 20)
+    with open(home() / "dispatcher.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a dispatcher that is just exiting still holds it
+        pid_file.write_text(str(unrelated_process.pid))  # recorded before a reboot: the pid is another's now
+        start_file.write_text("old-boot:12345")
+        jobs.ensure_dispatcher()
+        time.sleep(0.5)
+    # A dispatcher was started after all: it takes the lock once it is free and records itself.
+    new = wait_for(lambda: (text := pid_file.read_text().strip()) != str(unrelated_process.pid) and int(text), 30)
+    assert start_file.read_text().strip() == process_start(new) or not pid_alive(new)
+    assert unrelated_process.poll() is None
