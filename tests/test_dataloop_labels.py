@@ -184,3 +184,14 @@ def test_review_grid_drops_and_undoes_by_click(clean):
     assert _reviewed(at) == reviewed + 1
     next(b for b in at.button if b.label == "Undo last correction").click().run()
     assert dataset_version(load_dataset(clean)).fingerprint == before.fingerprint
+
+
+def test_bench_flips_the_asked_share_of_labels_each_to_another_class():
+    from engine.bench.labels import flip_labels
+
+    labels = np.repeat(np.arange(5), 40)
+    noisy, flipped = flip_labels(labels, 5, 0.1, seed=3)
+    assert len(flipped) == 20 and len(set(flipped.tolist())) == 20
+    assert (noisy[flipped] != labels[flipped]).all()
+    assert (np.delete(noisy, flipped) == np.delete(labels, flipped)).all()
+    assert (flip_labels(labels, 5, 0.1, seed=3)[0] == noisy).all()

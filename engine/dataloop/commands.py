@@ -76,10 +76,12 @@ def cmd_bench_labels(args) -> int:
     from engine.bench.labels import bench_labels, format_report
     from engine.errors import UserError
 
+    if not 1 <= args.seeds <= 20:
+        raise UserError(f"--seeds must be between 1 and 20, got {args.seeds}")
     if not 0.0 < args.fraction < 0.5:
         raise UserError(f"--fraction must be between 0 and 0.5, got {args.fraction}")
     report = bench_labels(args.data, backbone=args.backbone, image_size=args.image_size, fraction=args.fraction,
-                          seed=args.seed)
+                          seeds=args.seeds)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -126,6 +128,6 @@ def add_commands(sub, bench_sub) -> None:
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--image-size", type=int, help="default: the backbone's native size")
     p.add_argument("--fraction", type=float, default=0.1, help="share of training labels flipped")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="draws of the flipped labels (seeds 0..N-1), averaged")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_labels)
