@@ -250,6 +250,16 @@ def cmd_bench_recipe(args) -> int:
     return 0
 
 
+def cmd_bench_scale(args) -> int:
+    from engine.bench.scale import SIZES, bench_scale, format_table
+
+    rows = bench_scale(args.sizes or SIZES, workdir=args.workdir, image_size=args.image_size,
+                       rss_limit_gb=args.rss_limit_gb,
+                       progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
 def cmd_bench_train(args) -> int:
     from engine.bench.train import bench_train, format_report
 
@@ -544,6 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="fine-tune epochs for both (default: the product's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_recipe)
+
+    p = bench_sub.add_parser("scale", help="linear probe and health check on 7k/21k/70k Fashion-MNIST PNGs: "
+                             "seconds, peak RSS, cache bytes")
+    p.add_argument("--sizes", type=int, nargs="+", help="images per measured folder (default: 7,000 21,000 70,000)")
+    p.add_argument("--workdir", default="/tmp/ts-bench-scale", help="where the PNG folders and runs are written")
+    p.add_argument("--image-size", type=int, help="probe image size (default: the CLI's)")
+    p.add_argument("--rss-limit-gb", type=float, default=6.0, help="kill a measured child above this RSS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_scale)
 
     p = bench_sub.add_parser("health", help="dataset health check images/s vs a naive decode-and-hash baseline")
     p.add_argument("--n", type=int, default=10_000, help="images to draw")

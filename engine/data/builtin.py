@@ -19,7 +19,8 @@ from PIL import Image
 from engine.errors import UserError
 from engine.workspace import atomic_dir, dest_lock, dir_complete, shared_datasets_dir
 
-__all__ = ["BuiltinDataset", "BUILTIN_DATASETS", "register_builtin", "materialise", "DEFAULT_DATASET"]
+__all__ = ["BuiltinDataset", "BUILTIN_DATASETS", "register_builtin", "materialise", "DEFAULT_DATASET",
+           "write_fashion_mnist"]
 
 FASHION_MNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
 FASHION_MNIST_CLASSES = [
@@ -114,6 +115,14 @@ def _build_fashion_mnist(dest: Path) -> None:
     arrays = _fashion_mnist_arrays()
     _write_balanced(dest, "train", *arrays["train"], FASHION_MNIST_CLASSES, per_class=100, seed=0)
     _write_balanced(dest, "val", *arrays["test"], FASHION_MNIST_CLASSES, per_class=50, seed=0)
+
+
+def write_fashion_mnist(dest: Path, train_per_class: int, val_per_class: int, seed: int = 0) -> None:
+    """Fashion-MNIST as a folder of 28 px PNGs, ``train/`` and ``val/`` (validation from the official test
+    split; at most 6,000 and 1,000 per class): the data ``bench scale`` grows to 70,000 images."""
+    arrays = _fashion_mnist_arrays()
+    _write_balanced(dest, "train", *arrays["train"], FASHION_MNIST_CLASSES, per_class=train_per_class, seed=seed)
+    _write_balanced(dest, "val", *arrays["test"], FASHION_MNIST_CLASSES, per_class=val_per_class, seed=seed)
 
 
 IMBALANCED_CLASSES = [0, 1, 2, 7, 8]  # T-shirt_top, Trouser, Pullover, Sneaker, Bag

@@ -62,6 +62,18 @@ def _load_splits(config: dict, classes: list[str]):
     return dataset.root, decode_split(dataset, "val", size, classes), decode_split(dataset, "train", size, classes)
 
 
+def _probe_splits(config: dict, classes: list[str]):
+    """The dataset root and the validation and training features of a linear probe's frozen backbone
+    (cached by training: no image is decoded; computed in chunks when absent)."""
+    from engine.data.dataset import load_dataset
+    from engine.features import split_features
+
+    dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
+    size = config["resolved"]["image_size"]
+    return (dataset.root, *(split_features(dataset, split, config["backbone"], size, classes)
+                            for split in ("val", "train")))
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -101,13 +113,21 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
     model, _cfg, classes = load_checkpoint_model(run.best_checkpoint)
     model = model.to(_device())
     mean, std = config["resolved"]["mean"], config["resolved"]["std"]
-    say("decoding the validation and training images")
-    root, val, train = _load_splits(config, classes)
+    if config.get("mode") == "linear":  # a frozen backbone: its features are the ones training cached
+        say("reading the frozen features training cached")
+        root, val, train = _probe_splits(config, classes)
+        val_feats, train_feats = val.features, train.features
+        with torch.no_grad():
+            val_logits, train_logits = (model.head(torch.from_numpy(f).to(_device())).float().cpu().numpy()
+                                        for f in (val_feats, train_feats))
+    else:
+        say("decoding the validation and training images")
+        root, val, train = _load_splits(config, classes)
+        val_feats, val_logits = _features_and_logits(model, val.images, mean, std, say, "validation")
+        train_feats, train_logits = _features_and_logits(model, train.images, mean, std, say, "training")
     if len(val) == 0:
         raise UserError(f"run '{run.id}' has no validation images to evaluate on")
-    val_feats, val_logits = _features_and_logits(model, val.images, mean, std, say, "validation")
-    train_feats, train_logits = _features_and_logits(model, train.images, mean, std, say, "training")
-    y = val.labels.numpy()
+    y = np.asarray(val.labels)
     k = len(classes)
 
     say("calibration: fitting the temperature")
@@ -143,7 +163,7 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
     })
     mistakes = table[~table["correct"]].sort_values("confidence", ascending=False)
     uncertain = table.sort_values(["margin", "confidence"])
-    train_acc = float((train_logits.argmax(1) == train.labels.numpy()).mean()) if len(train) else None
+    train_acc = float((train_logits.argmax(1) == np.asarray(train.labels)).mean()) if len(train) else None
     summary = {
         "format": EVALUATION_FORMAT,
         "run": run.id,
