@@ -12,7 +12,7 @@ on the hosted profile. Which workspace is current is decided, in order, by
 with :func:`set_workspace_resolver` (the Streamlit session), and ``$TS_WORKSPACE``
 (a background process started by :func:`child_env`); with none, ``home()``.
 
-Reading a path never creates anything: a visitor's folder appears on the first write into it
+Reading a visitor's path never creates anything: their folder appears on the first write into it
 (:func:`atomic_path`, a run directory, an extracted upload), so a page view costs no disk.
 """
 from __future__ import annotations
@@ -128,7 +128,10 @@ def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _subdir(name: str) -> Path:
-    return workspace_root() / name  # created by the first write into it
+    path = workspace_root() / name
+    if workspace_id() is None:  # the server root's own folders (local use), made as home() is
+        path.mkdir(parents=True, exist_ok=True)
+    return path  # a visitor's: created by the first write into it
 
 
 def shared_datasets_dir() -> Path:
