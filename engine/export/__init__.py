@@ -1,7 +1,6 @@
 """Export: ONNX variants of a run, their calibration and parity gate, the download bundle, and inference.
 
 ``engine.export.variants``       variant names and files, the recorded preprocessing
-``engine.export.onnx_export``    PyTorch -> ONNX, model metadata
 ``engine.export.quantize``       fp16 and static int8 copies of the fp32 model
 ``engine.export.calibration``    temperature scaling on the validation split
 ``engine.export.parity``         the parity gate against PyTorch, the parity table rows
@@ -13,7 +12,6 @@
 """
 from engine.export.calibration import fit_temperature
 from engine.export.job import export_job_state, start_export_job
-from engine.export.onnx_export import onnx_export
 from engine.export.parity import (PARITY_ATOL, ExportParityError, check_parity, gate_failure, gate_label,
                                   parity_rows)
 from engine.export.pipeline import export_run
@@ -25,7 +23,6 @@ __all__ = [
     "check_parity",
     "preprocess_record",
     "fit_temperature",
-    "onnx_export",
     "variant_path",
     "file_sha256",
     "gate_failure",

@@ -23,7 +23,7 @@ import torch
 
 from engine.errors import UserError
 from engine.export.calibration import export_temperature
-from engine.export.onnx_export import OUTPUTS, Uint8Input, WithFeatures, add_metadata, onnx_export
+from engine.onnx_io import OUTPUTS, Uint8Input, WithFeatures, add_metadata, onnx_export
 from engine.export.parity import check_parity, raise_if_failed, torch_logits
 from engine.export.variants import OPSET, VARIANT_FILES, check_variants, preprocess_record, variant_path, variant_record
 from engine.runs import Run

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.export.onnx_export import save_checked
+from engine.onnx_io import save_checked
 
 __all__ = ["convert_fp16", "quantize_int8", "quantization_choices", "copy_metadata", "INT8_CALIBRATION_IMAGES",
            "INT8_HOLDOUT_IMAGES", "INT8_EXCLUDE_STEPS"]

@@ -5,12 +5,12 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.runs import Run
+from engine.onnx_io import OPSET
 
 __all__ = ["VARIANTS", "VARIANT_FILES", "STRICT_VARIANTS", "OPSET", "variant_path", "check_variants",
            "preprocess_record", "variant_record"]
 
 # Opset 20 loads in onnxruntime >= 1.17; the consumer's runtime matters more than ours.
-OPSET = 20
 VARIANTS = ("fp32", "fp32-uint8in", "fp16", "int8")
 VARIANT_FILES = {"fp32": "model.onnx", "fp32-uint8in": "model.uint8in.onnx",
                  "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}

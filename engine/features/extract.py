@@ -142,7 +142,7 @@ def feature_extractor(backbone: str, size: int, setup: DeviceSetup | None = None
 
     if engine == "onnxruntime":
         if not path.is_file():  # exported once per backbone, weights and size
-            from engine.export import onnx_export
+            from engine.onnx_io import onnx_export
 
             path.parent.mkdir(parents=True, exist_ok=True)
             onnx_export(graph(), torch.zeros(2, 3, size, size, dtype=torch.uint8), path, output_names=("features",),

@@ -66,7 +66,7 @@ def imagenet_head(backbone: str) -> tuple[torch.nn.Module, list[str]]:
     except Exception as exc:
         raise UserError(f"the ImageNet weights of '{spec.name}' are not available offline "
                         f"({type(exc).__name__}); pick a backbone marked available") from None
-    from engine.export.onnx_export import Uint8Input
+    from engine.onnx_io import Uint8Input
 
     # uint8 NHWC pixels -> the backbone's normalisation -> the ImageNet classifier -> probabilities
     return torch.nn.Sequential(Uint8Input(model, spec.mean, spec.std), torch.nn.Softmax(dim=1)).eval(), categories
@@ -75,7 +75,7 @@ def imagenet_head(backbone: str) -> tuple[torch.nn.Module, list[str]]:
 @functools.lru_cache(maxsize=2)
 def _onnx_head(backbone: str) -> Callable[[torch.Tensor], np.ndarray]:
     """The head exported to ONNX once per backbone (about a minute) and run with onnxruntime."""
-    from engine.export import onnx_export
+    from engine.onnx_io import onnx_export
     from engine.features.extract import ort_runner
 
     path = _onnx_file(backbone)

@@ -1,4 +1,5 @@
-"""PyTorch model -> ONNX file (torch.onnx's dynamo or TorchScript exporter), and the metadata every file carries."""
+"""ONNX files (ground floor): PyTorch model -> ONNX file (torch.onnx's dynamo or TorchScript exporter), the opset,
+and the metadata every file carries. Feature extraction, insight and export all write graphs through here."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,11 @@ from typing import Any
 
 import torch
 
-from engine.export.variants import OPSET
 from engine.workspace import atomic_path
 
-__all__ = ["Uint8Input", "WithFeatures", "onnx_export", "add_metadata", "save_checked", "OUTPUTS"]
+__all__ = ["Uint8Input", "WithFeatures", "onnx_export", "add_metadata", "save_checked", "OUTPUTS", "OPSET"]
+
+OPSET = 20
 
 # Outputs of every exported graph: logits first (what every consumer reads), then the pooled
 # backbone features the out-of-distribution score needs (so prediction stays on onnxruntime).
