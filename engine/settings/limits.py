@@ -83,8 +83,6 @@ class Limits:
                                        "long is released (GPU memory included)")
     decoded_cache_gb: float = _limit(4.0, "TS_DECODED_CACHE_GB", "decoded images one dataset may keep on disk "
                                      "(all its splits at one size), GB; a linear probe over more streams instead")
-    decoded_cache_gb: float = _limit(4.0, "TS_DECODED_CACHE_GB", "decoded images one dataset may keep on disk "
-                                     "(all its splits at one size), GB; a linear probe over more streams instead")
 
 
 def _read_file() -> dict:
