@@ -62,6 +62,7 @@ select_workspace()  # hosted: this visitor's own workspace
 
 PAGES = [
     st.Page("pages/dataset.py", title="Dataset", icon=":material/folder_open:", default=True),
+    st.Page("pages/label.py", title="Label", icon=":material/label:"),
     st.Page("pages/backbones.py", title="Backbone", icon=":material/hub:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_chart:"),

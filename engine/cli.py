@@ -366,6 +366,12 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from engine.export.inference import OnnxClassifier
 
+    if args.run_dir:  # predict --run RUN_DIR IMAGE...: the run's export; every argument is an image
+        from engine.runs import Run
+
+        args.images, args.model = [a for a in (args.model, *args.images) if a], str(Run(args.run_dir).onnx_file)
+    if not args.images:
+        raise UserError("give at least one image to predict")
     classifier = OnnxClassifier(args.model)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
@@ -381,6 +387,10 @@ def cmd_predict(args) -> int:
         for path in args.images:
             row = {k: v for k, v in rows[path].items() if k not in ("file", f"top-{args.top_k}")}
             print(json.dumps({"image": path, **row}))
+        if args.run_dir:  # one summary line: the batch test against the training data
+            from engine.dataloop.pool_commands import predict_summary
+
+            print(json.dumps(predict_summary(result)))
         return 0
     for path, result in zip(args.images, classifier.predict(args.images, top_k=args.top_k)):
         print(json.dumps({"image": path, **result}))
@@ -606,9 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing (the background task)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify images with an exported model")
-    p.add_argument("model")
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("predict", help="classify images with an exported model (MODEL.onnx IMAGE...), or with a "
+                       "run's export (--run RUN_DIR IMAGE...: per-image OOD flag, then a batch-test summary line)")
+    p.add_argument("model", nargs="?", help="the .onnx file (omit with --run)")
+    p.add_argument("images", nargs="*")
+    p.add_argument("--run", dest="run_dir", help="a run directory: predict with its export")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--threshold", type=float, default=0.0, help="answer 'unsure' below this calibrated probability")
     p.set_defaults(func=cmd_predict)
@@ -671,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.dataloop.commands import add_commands as add_dataloop_commands
 
     add_dataloop_commands(sub, bench_sub)  # label-issues, relabel, drop, undo, corrections, bench labels
+    from engine.dataloop.pool_commands import add_commands as add_pool_commands
+
+    add_pool_commands(sub, bench_sub)  # suggest, bench active
     return parser
 
 

@@ -91,6 +91,10 @@ if files:
         flagged = sum(r.get("unlike_training", False) for r in rows)
         unsure = sum(r["answer"] == UNSURE for r in rows)
         st.subheader(f"{len(rows)} image(s): {unsure} unsure, {flagged} unlike the training data")
+        batch_test = result.get("batch_test") or {}
+        if batch_test.get("available"):  # the whole batch against the training data (issue 20)
+            (st.warning if batch_test["shifted"] else st.caption)(batch_test["sentence"][0].upper()
+                                                                  + batch_test["sentence"][1:] + ".")
         grid = st.columns(6)
         for i, r in enumerate(rows[:60]):
             with grid[i % 6]:

@@ -191,8 +191,10 @@ def _scan_classes(folder: Path, root: Path, split: str, rows: list[dict], proble
     prefix = folder.relative_to(root).as_posix()
     prefix = "" if prefix == "." else prefix + "/"
     # A linked class folder is skipped: in a server data root it could lead anywhere on the server.
+    # ``unlabelled/`` at the top is the dataset's unlabelled pool (engine/dataloop/pool.py), not a class.
     for class_dir in sorted(p for p in folder.iterdir()
-                            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
+                            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                            and not (folder == root and p.name == "unlabelled")):
         label = class_dir.name
         bad_label = check_label(label)
         files = _walk_files(class_dir)

@@ -1,0 +1,178 @@
+"""Issue 20, parts 3-5: the unlabelled pool and its suggestions, the selection strategies, the batch shift test,
+and ``predict --run`` (per-image lines, then one summary line)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import SHAPES_CLASSES, draw_shape, make_shapes_dataset
+
+SIZE = 32  # px: the features of ~100 drawn images take a second or two
+
+
+def _photo_crops(n: int, seed: int = 0) -> list:
+    """``n`` random 48 px crops of scikit-image's bundled photographs."""
+    import skimage.data
+    from PIL import Image
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "horse", "camera", "coins", "immunohistochemistry"]
+    photos = [np.asarray(getattr(skimage.data, name)()) for name in names]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        arr = photos[i % len(photos)]
+        arr = np.stack([arr] * 3, -1) if arr.ndim == 2 else arr[..., :3]
+        if arr.dtype != np.uint8:
+            arr = (255 * arr / max(1, arr.max())).astype(np.uint8)
+        side = int(min(arr.shape[:2]) * rng.uniform(0.4, 0.9))
+        y, x = rng.integers(0, arr.shape[0] - side + 1), rng.integers(0, arr.shape[1] - side + 1)
+        out.append(Image.fromarray(np.ascontiguousarray(arr[y:y + side, x:x + side])).resize((48, 48)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shapes_with_pool(tmp_path_factory):
+    """A labelled shapes dataset with train/val folders and a pool of 15 unlabelled shapes beside it."""
+    root = make_shapes_dataset(tmp_path_factory.mktemp("pool-data"), per_class=12, seed=3, splits=True)
+    pool = tmp_path_factory.mktemp("pool")
+    rng = np.random.default_rng(99)
+    for i in range(15):
+        draw_shape(SHAPES_CLASSES[i % 3], rng).save(pool / f"img_{i:03d}.png")
+    (pool / "notes.txt").write_text("not an image")
+    return root, pool
+
+
+def test_suggestions_come_from_the_pool_and_confirmed_labels_join_the_training_set(shapes_with_pool):
+    from engine.data.dataset import load_dataset
+    from engine.dataloop.pool import LabelLoop
+
+    root, pool = shapes_with_pool
+    dataset = load_dataset(root)
+    loop = LabelLoop(dataset, pool, image_size=SIZE)
+    assert len(loop.files) == 15  # the text file is not an image
+    rows = loop.suggest(5)
+    assert len(rows) == 5 and len({r["path"] for r in rows}) == 5
+    assert all(r["path"] in loop.files and r["suggested"] in dataset.classes and 0 < r["confidence"] <= 1
+               for r in rows)
+    before = loop.fit()[1]
+    assert before["pool_labels"] == 0
+    # The drawn pool images are easy: the model's own pre-labels are mostly the truth.
+    truth = {f"img_{i:03d}.png": SHAPES_CLASSES[i % 3] for i in range(15)}
+    assert sum(r["suggested"] == truth[r["path"]] for r in rows) >= 3
+    point = loop.confirm({r["path"]: truth[r["path"]] for r in rows})
+    assert point["pool_labels"] == 5 and point["labels"] == before["labels"] + 5
+    assert [p["labels"] for p in loop.curve()] == [before["labels"], before["labels"] + 5]
+    # Confirmed images are not suggested again; the next batch is the rest of the pool.
+    again = loop.suggest(20)
+    assert len(again) == 10 and not {r["path"] for r in again} & {r["path"] for r in rows}
+    # A fresh loop over the same dataset and pool reads the stored labels; undo removes the batch.
+    fresh = LabelLoop(load_dataset(root), pool, image_size=SIZE)
+    assert fresh.confirmed() == {r["path"]: truth[r["path"]] for r in rows}
+    assert fresh.undo() is not None and fresh.confirmed() == {} and len(fresh.curve()) == 1
+    assert fresh.fit()[1]["labels"] == before["labels"]
+
+
+def test_unlabelled_folder_inside_the_dataset_is_the_pool_not_a_class(tmp_path):
+    from engine.data.dataset import load_dataset
+    from engine.dataloop.pool import LabelLoop, resolve_pool
+    from engine.errors import UserError
+
+    root = make_shapes_dataset(tmp_path / "data", per_class=8, seed=5)
+    with pytest.raises(UserError, match="unlabelled"):
+        resolve_pool(load_dataset(root))
+    rng = np.random.default_rng(5)
+    (root / "unlabelled").mkdir()
+    for i in range(4):
+        draw_shape("circle", rng).save(root / "unlabelled" / f"u{i}.png")
+    dataset = load_dataset(root)
+    assert dataset.classes == sorted(SHAPES_CLASSES)
+    loop = LabelLoop(dataset, resolve_pool(dataset), image_size=SIZE)
+    assert sorted(r["path"] for r in loop.suggest(10)) == [f"u{i}.png" for i in range(4)]
+    with pytest.raises(UserError, match="unknown class"):
+        loop.confirm({"u0.png": "hexagon"})
+
+
+def test_strategies_pick_uncertain_and_spread_out_images():
+    from engine.dataloop.active import STRATEGIES, margins, select_batch
+
+    rng = np.random.default_rng(0)
+    # Two tight clusters of points far apart, 20 each; the labelled one sits in cluster A.
+    a = rng.normal(0, 0.01, (20, 8)) + np.eye(8)[0]
+    b = rng.normal(0, 0.01, (20, 8)) + np.eye(8)[1]
+    feats = np.concatenate([a, b]).astype(np.float32)
+    labelled, unlabelled = np.array([0]), np.arange(1, 40)
+    probs = np.tile([0.9, 0.1], (39, 1))
+    probs[5] = [0.52, 0.48]  # row 5 of the unlabelled ones = image 6: the model hesitates
+    assert select_batch("margin", feats, labelled, unlabelled, probs, 1)[0] == 6
+    assert margins(probs).argmin() == 5
+    # Diversity: the first pick is in the cluster with no label.
+    assert select_batch("kcenter", feats, labelled, unlabelled, probs, 1)[0] >= 20
+    for s in STRATEGIES:
+        picked = select_batch(s, feats, labelled, unlabelled, probs, 6, seed=1)
+        assert len(set(picked.tolist())) == 6 and set(picked.tolist()) <= set(unlabelled.tolist()), s
+
+
+def test_batch_test_tells_a_shifted_batch_from_an_unshifted_one():
+    import torch
+
+    from engine.dataloop.shift import batch_shift_test, reference_sample, shift_sentence
+    from engine.features import feature_extractor
+
+    rng = np.random.default_rng(7)
+    train = [draw_shape(SHAPES_CLASSES[i % 3], rng) for i in range(90)]
+    same = [draw_shape(SHAPES_CLASSES[i % 3], rng) for i in range(30)]
+    photos = _photo_crops(30)
+
+    def features(images):
+        arr = np.stack([np.asarray(im.convert("RGB").resize((SIZE, SIZE))) for im in images])
+        return feature_extractor("mobilenet_v2", SIZE, engine="torch")(torch.from_numpy(arr).permute(0, 3, 1, 2))
+
+    ref = reference_sample(features(train))
+    unshifted = batch_shift_test(features(same), ref, permutations=499)
+    shifted = batch_shift_test(features(photos), ref, flags=np.r_[np.ones(10), np.zeros(20)], permutations=499)
+    assert unshifted is not None and shifted is not None
+    assert unshifted.p_value > 0.05 and not unshifted.shifted
+    assert shifted.p_value < 0.01 and shifted.shifted and shifted.mmd2 > unshifted.mmd2
+    assert shift_sentence(shifted) == "this batch differs from the training data (p < 0.002); 33 % of its " \
+        "images are flagged"
+    assert "is not shown to differ" in shift_sentence(unshifted)
+    assert batch_shift_test(features(same[:3]), ref) is None  # too few images to test
+
+
+def test_suggest_cli_prints_one_json_line_per_image(shapes_with_pool, tmp_path):
+    root, pool = shapes_with_pool
+    out = subprocess.run([sys.executable, "-m", "engine", "suggest", str(root), "--pool", str(pool), "--k", "3",
+                          "--image-size", str(SIZE), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 3 and all(set(r) == {"path", "suggested", "confidence"} for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "engine", "suggest", str(root), "--pool", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a folder" in bad.stderr
+
+
+@pytest.mark.slow
+def test_predict_run_prints_image_lines_then_the_batch_test(trained_run, tmp_path):
+    from engine.evaluation import evaluate_run, load_evaluation
+
+    if load_evaluation(trained_run.path) is None:
+        evaluate_run(trained_run.path, n_resamples=200)
+    paths = []
+    for i, img in enumerate(_photo_crops(12, seed=1)):
+        paths.append(str(tmp_path / f"photo_{i}.png"))
+        img.save(paths[-1])
+    out = subprocess.run([sys.executable, "-m", "engine", "predict", "--run", str(trained_run.path), *paths],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["image"] for r in lines[:-1]] == paths
+    assert all("unlike_training" in r and "ood_score" in r for r in lines[:-1])
+    summary = lines[-1]
+    assert summary["summary"] == "batch" and summary["images"] == 12
+    assert summary["flagged"] == sum(r["unlike_training"] for r in lines[:-1])
+    assert summary["batch_test"]["available"] and summary["batch_test"]["shifted"]
+    assert summary["sentence"].startswith("this batch differs from the training data (p <")
