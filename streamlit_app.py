@@ -14,8 +14,8 @@ from engine.hosting.access import open_server_warning
 from engine.settings.audit import LOGGER, configure_logging
 from engine.settings.profile import hosted
 from engine.hosting.workspaces import remove_idle_workspaces
-from engine.runs.jobs import resume_queue
-from engine.runs.view import run_label
+from engine.jobs.queue import resume_queue
+from engine.jobs.view import run_label
 from app.access import apply_error_policy, require_access
 from app.sidebar import workspace_panel
 from app.state import app_secrets, current_backbone, current_dataset, current_run, select_workspace, share_param

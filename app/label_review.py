@@ -16,7 +16,7 @@ from engine.data.dataset import Dataset
 from engine.data.images import ImageProblem, load_rgb
 from engine.dataloop.overlay import corrections, dataset_version, drop, relabel, undo
 from engine.errors import UserError
-from engine.runs.tasks import start_task, task_state
+from engine.jobs.tasks import start_task, task_state
 from engine.workspace import cache_dir, read_json
 
 __all__ = ["label_review", "issues_folder"]

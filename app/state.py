@@ -221,7 +221,7 @@ def set_run(run: Run | None) -> None:
 
 def pick_run(label: str, runs: list[Run], key: str, on_pick=None) -> Run:
     """A selectbox of ``runs`` that opens on the current run and makes the picked one current."""
-    from engine.runs.view import run_label
+    from engine.jobs.view import run_label
 
     by_id = {run.id: run for run in runs}
     current = current_run()

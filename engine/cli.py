@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
 
     config = _config_from_args(args)
     if args.queue:  # what the Train page does: check, create the run, queue it for a worker
-        from engine.runs.jobs import queue_run
+        from engine.jobs.queue import queue_run
 
         print(f"queued {queue_run(config).path}")
         return 0
@@ -191,7 +191,7 @@ def cmd_resume(args) -> int:
 
     run = Run(args.run_dir)
     if args.queue:
-        from engine.runs.jobs import submit
+        from engine.jobs.queue import submit
 
         submit(run, resume=True)
         print(f"queued {run.path} to resume")
@@ -487,7 +487,7 @@ def cmd_add_weights(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from engine.runs.jobs import dispatch_forever
+    from engine.jobs.queue import dispatch_forever
 
     dispatch_forever(idle_exit_s=args.idle_exit, wait_for_lock=args.wait_lock)
     return 0

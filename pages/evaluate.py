@@ -11,7 +11,7 @@ from app.state import pick_run, require_frame
 from engine.errors import UserError
 from engine.evaluation import activation_maps, compare_runs, evaluation_state, load_evaluation, start_evaluation
 from engine.runs import list_runs
-from engine.runs.view import run_label
+from engine.jobs.view import run_label
 
 require_frame()  # a deep link on a fresh server runs through the frame
 

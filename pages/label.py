@@ -13,7 +13,7 @@ from engine.data.dataset import load_dataset
 from engine.data.images import ImageProblem, load_rgb
 from engine.dataloop.pool import UNLABELLED_DIR, LabelLoop, resolve_pool, save_uploaded_pool
 from engine.errors import UserError
-from engine.runs.tasks import start_task, task_state
+from engine.jobs.tasks import start_task, task_state
 from engine.workspace import cache_dir
 from app.state import current_backbone, current_dataset, require_frame
 

@@ -11,7 +11,7 @@ from engine.evaluation import load_evaluation, threshold_point
 from engine.export.analyse import UNSURE, analyse_images
 from engine.export.inference import get_classifier
 from engine.hosting.sharing import share_run, share_token, share_url, unshare_run
-from engine.runs.view import exported_runs
+from engine.jobs.view import exported_runs
 from app.state import pick_run, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame

@@ -47,7 +47,7 @@ if len(resumable):
         col1, col2 = st.columns([4, 1])
         col1.write(f"`{run_id}` stopped before finishing; it can continue from its last epoch checkpoint.")
         if col2.button("Resume", key=f"resume-{run_id}"):
-            from engine.runs.jobs import submit
+            from engine.jobs.queue import submit
 
             try:
                 submit(Run(runs_dir() / run_id), resume=True)

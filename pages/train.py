@@ -1,6 +1,6 @@
 """Train page: configure a run, queue it, and watch it train, live.
 
-The run trains in a worker process (engine.runs.jobs); this page only writes the
+The run trains in a worker process (engine.jobs.queue); this page only writes the
 run's config, submits it, and reads the run directory back every second, so a
 refresh or another page never stops it.
 """
@@ -13,14 +13,15 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.runs import TERMINAL_STATES, jobs
+from engine.jobs import queue as jobs
+from engine.runs import TERMINAL_STATES
 from engine.data.images import ImageProblem
 from engine.errors import UserError
 from engine.settings.limits import training_ceilings
-from engine.runs.view import suggest_image_size
+from engine.jobs.view import suggest_image_size
 from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
-from engine.runs.tasks import task_state
+from engine.jobs.tasks import task_state
 from engine.insight import load_insight
 from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
 from engine.training.lr_finder import LR_RANGE, start_lr_find, lr_find_folder

@@ -133,7 +133,7 @@ def queued_run(data, label, **kw):
 
 def job_pid(run):
     """The pid of ``run``'s job while the queue says it is running, else None."""
-    from engine.runs import jobs
+    from engine.jobs import queue as jobs
 
     rows = [j for j in jobs.list_jobs() if j["run_dir"] == str(run.path.resolve())]
     return rows[0]["pid"] if rows and rows[0]["state"] == "running" else None

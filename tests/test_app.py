@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from engine.runs import jobs
+from engine.jobs import queue as jobs
 from engine.runs import new_run
 from engine.training.config import TrainConfig
 

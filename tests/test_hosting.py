@@ -20,12 +20,12 @@ from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
 from engine.hosting.commands import enter_workspace
 from engine.idle_cache import IdleCache
-from engine.runs.jobs import check_can_queue
+from engine.jobs.queue import check_can_queue
 from engine.settings.limits import limits
 from engine.hosting.sharing import is_shared, share_run
 from engine.hosting.workspaces import new_token, remove_idle_workspaces, touch, workspace_for_token
 from engine.runs import Run, list_runs, new_run
-from engine.runs.jobs import max_concurrent, queue_run
+from engine.jobs.queue import max_concurrent, queue_run
 from engine.training.config import TrainConfig
 from engine.workspace import child_env, datasets_dir, runs_dir, use_workspace, workspace_root, workspaces_dir
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.runs import jobs
+from engine.jobs import queue as jobs
 from engine.runs import TERMINAL_STATES
-from engine.runs.tasks import pid_alive
+from engine.jobs.tasks import pid_alive
 from engine.workspace import home
 from conftest import job_pid as _job_pid, make_shapes_dataset, queued_run as _queued_run, wait_for as _wait
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import draw_shape
 
 from engine.runs import Run, list_runs
-from engine.runs.view import run_settled
+from engine.jobs.view import run_settled
 from engine.workspace import runs_dir
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "train.py")
@@ -190,7 +190,7 @@ def test_interrupted_run_can_be_resumed_from_the_page(shapes_dir):
 
 @pytest.mark.slow
 def test_lr_finder_runs_in_background_and_its_suggestion_sets_the_lr(shapes_dir, monkeypatch):
-    from engine.runs.tasks import task_state
+    from engine.jobs.tasks import task_state
     from engine.workspace import home
 
     monkeypatch.setenv("TS_DATA_ROOTS", str(shapes_dir.parent))

@@ -19,9 +19,9 @@ if os.environ.get("TS_SKIP_RAY"):
 import ray  # noqa: E402  (no importorskip: `make test` installs it, a missing ray is a failure)
 
 from engine.runs import TERMINAL_STATES, new_run  # noqa: E402
-from engine.runs import jobs  # noqa: E402
-from engine.runs.ray_executor import RAY_NAMESPACE, job_resources  # noqa: E402
-from engine.runs.tasks import kill_group, pid_alive  # noqa: E402
+from engine.jobs import queue as jobs  # noqa: E402
+from engine.jobs.ray_executor import RAY_NAMESPACE, job_resources  # noqa: E402
+from engine.jobs.tasks import kill_group, pid_alive  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
 from engine.workspace import home  # noqa: E402
 from conftest import wait_for as _wait  # noqa: E402

@@ -23,8 +23,9 @@ from engine.data.dataset import load_dataset
 from engine.data.ingest import data_roots, ingest_zip, server_datasets, validate_spec
 from engine.errors import UserError
 from engine.insight import insight_folder, start_insight
-from engine.runs import jobs, new_run
-from engine.runs.tasks import cancel_task, kill_group, pid_alive, process_start, start_task, task_state
+from engine.jobs import queue as jobs
+from engine.runs import new_run
+from engine.jobs.tasks import cancel_task, kill_group, pid_alive, process_start, start_task, task_state
 from engine.workspace import COMPLETE_MARKER, home, runs_dir, shared_datasets_dir, use_workspace
 from conftest import wait_for
 

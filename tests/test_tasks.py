@@ -1,11 +1,11 @@
-"""engine.runs.tasks: background ``python -m engine ...`` processes started, watched and cancelled from a folder."""
+"""engine.jobs.tasks: background ``python -m engine ...`` processes started, watched and cancelled from a folder."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from engine.runs.tasks import cancel_task, pid_alive, start_task, task_state
+from engine.jobs.tasks import cancel_task, pid_alive, start_task, task_state
 
 pytestmark = pytest.mark.slow  # real processes
 

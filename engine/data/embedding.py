@@ -42,7 +42,7 @@ def embedding_folder(dataset: Dataset, method: str = "pca", max_images: int = MA
 
 def start_embedding_map(spec: str, dataset: Dataset, method: str = "pca", max_images: int = MAX_EMBED_IMAGES) -> dict:
     """Compute the map of ``dataset`` (loaded from ``spec``) in a background process; poll :func:`embedding_status`."""
-    from engine.runs.tasks import start_task
+    from engine.jobs.tasks import start_task
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -54,7 +54,7 @@ def start_embedding_map(spec: str, dataset: Dataset, method: str = "pca", max_im
 def embedding_status(dataset: Dataset, method: str = "pca",
                      max_images: int = MAX_EMBED_IMAGES) -> tuple[dict | None, pd.DataFrame | None]:
     """The background task's state (None if none was started) and the map's points once they exist."""
-    from engine.runs.tasks import task_state
+    from engine.jobs.tasks import task_state
 
     folder = embedding_folder(dataset, method, max_images, dataset.seed)
     state = task_state(folder, _POINTS)

@@ -303,14 +303,14 @@ def run_ood_reference(run_dir: Path | str) -> OODReference | None:
 
 def evaluation_state(run_dir: Path | str) -> dict | None:
     """The background evaluation's state (running | done | failed), or None if none was started."""
-    from engine.runs.tasks import task_state
+    from engine.jobs.tasks import task_state
 
     return task_state(evaluation_dir(run_dir), "evaluation.json")
 
 
 def start_evaluation(run_dir: Path | str) -> dict:
     """Evaluate the run in a background process (``python -m engine evaluate RUN_DIR --recompute``)."""
-    from engine.runs.tasks import start_task
+    from engine.jobs.tasks import start_task
 
     run = Run(run_dir)
     if not run.best_checkpoint.is_file():

@@ -2,7 +2,7 @@
 
 Export of a 224 px model with every variant takes about a minute on 2 cores: too
 long for a page script. The task's folder is ``RUN_DIR/export/`` (``task.json``,
-``export.log``), through :mod:`engine.runs.tasks`, so any server process sees it.
+``export.log``), through :mod:`engine.jobs.tasks`, so any server process sees it.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.export.variants import check_variants
 from engine.runs import Run
-from engine.runs.tasks import start_task, task_state
+from engine.jobs.tasks import start_task, task_state
 
 __all__ = ["start_export_job", "export_job_state", "EXPORT_LOG"]
 

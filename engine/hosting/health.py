@@ -35,7 +35,7 @@ def _writable(path_fn):
 
 
 def _queue() -> str:
-    from engine.runs.jobs import list_jobs
+    from engine.jobs.queue import list_jobs
 
     jobs = list_jobs()
     active = sum(j["state"] in ("queued", "running") for j in jobs)

@@ -150,7 +150,7 @@ def list_workspaces() -> list[str]:
 
 
 def _active_run_dirs() -> set[str]:
-    from engine.runs.jobs import list_jobs
+    from engine.jobs.queue import list_jobs
 
     return {str(Path(j["run_dir"]).resolve()) for j in list_jobs() if j["state"] in ("queued", "running")}
 
@@ -200,7 +200,7 @@ def remove_idle_workspaces(now: float | None = None, ttl_days: float | None = No
     one), which stay with the workspace folder around them. Each workspace is decided and cleaned under the
     queue's lock, so a run queued meanwhile is seen and kept. One dict per workspace touched: ``workspace``
     (short id), ``idle_days``, ``removed`` (whole workspace or not), ``kept`` runs."""
-    from engine.runs.jobs import queue_lock
+    from engine.jobs.queue import queue_lock
     from engine.settings.audit import audit
     from engine.settings.audit import short_id
     from engine.settings.limits import limits

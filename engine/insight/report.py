@@ -198,7 +198,7 @@ def insight_folder(spec: str, backbone: str) -> Path:
 def start_insight(spec: str, backbone: str, image_size: int = 64, scratch: bool = True) -> dict:
     """Compute the insight in its own process (pages must not); poll with :func:`insight_state`."""
     from engine.models import valid_backbone
-    from engine.runs.tasks import start_task
+    from engine.jobs.tasks import start_task
 
     valid_backbone(backbone)  # a name from the URL or a form: one of the registry's, or one clear line
     check_training_ceilings(None, image_size)  # it trains scratch models at this size
@@ -209,7 +209,7 @@ def start_insight(spec: str, backbone: str, image_size: int = 64, scratch: bool 
 
 
 def insight_state(spec: str, backbone: str) -> dict | None:
-    from engine.runs.tasks import task_state
+    from engine.jobs.tasks import task_state
 
     return task_state(insight_folder(spec, backbone))
 

@@ -1,10 +1,12 @@
-"""Runs: the run directory, the job queue that trains them, background tasks, read-only views.
+"""Runs: the run directory, the single source of truth of a run, and read-only tables of runs.
 
-``engine.runs.run_dir``  the run directory (single source of truth of a run)
-``engine.runs.jobs``     SQLite job queue + detached dispatcher; ``queue_run`` checks and queues a run
-``engine.runs.tasks``    the one way to start, watch and cancel ``python -m engine ...`` processes
+A ground-floor package: it stands only on ``engine.errors`` and ``engine.workspace``, so training,
+evaluation and export can read and write a run without reaching up to the job queue.
+
+``engine.runs.run_dir``  the run directory (config, status, metrics, checkpoints, evaluation, exports)
 ``engine.runs.table``    rows for the runs table and comparison view
-``engine.runs.view``     labels, settledness, image-size suggestion for the pages
+
+The queue that trains runs and the background tasks live one floor up, in :mod:`engine.jobs`.
 """
 from engine.runs.run_dir import TERMINAL_STATES, Run, list_runs, new_run
 

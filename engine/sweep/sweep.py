@@ -189,7 +189,7 @@ def _latest_file(data: str) -> Path:
 
 def start_sweep(data: str, backbones: list[str], image_size: int = 224) -> tuple[Path, dict]:
     """Check, then run the sweep as a background task (``python -m engine sweep``); poll :func:`sweep_status`."""
-    from engine.runs.tasks import start_task
+    from engine.jobs.tasks import start_task
     from engine.workspace import write_json_atomic
 
     names = check_backbones(backbones)
@@ -206,7 +206,7 @@ def start_sweep(data: str, backbones: list[str], image_size: int = 224) -> tuple
 
 def sweep_status(folder: Path) -> dict:
     """``{"state", "error", "progress": {backbone: {done, total, stage}}, "result"}`` of the sweep in ``folder``."""
-    from engine.runs.tasks import task_state
+    from engine.jobs.tasks import task_state
     from engine.workspace import read_json
 
     task = task_state(folder) or {}
@@ -225,7 +225,7 @@ def latest_sweep(data: str) -> Path | None:
 
 
 def cancel_sweep(folder: Path) -> bool:
-    from engine.runs.tasks import cancel_task
+    from engine.jobs.tasks import cancel_task
 
     return cancel_task(folder)
 

@@ -22,7 +22,7 @@ import torch
 
 from engine import workspace
 from engine.errors import UserError
-from engine.runs.tasks import start_task
+from engine.jobs.tasks import start_task
 from engine.settings.limits import check_training_ceilings
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig

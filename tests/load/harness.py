@@ -316,8 +316,8 @@ def _in_home(home: Path) -> Iterator[None]:
 
 
 def _jobs(home: Path) -> list[dict]:
-    """The queue's rows (engine.runs.jobs), [] before the server created the queue."""
-    from engine.runs.jobs import list_jobs
+    """The queue's rows (engine.jobs.queue), [] before the server created the queue."""
+    from engine.jobs.queue import list_jobs
 
     if not (home / "jobs.sqlite").is_file():
         return []
@@ -532,7 +532,7 @@ def _queue_order(home: Path) -> list[dict]:
 
 def _stop_workers(home: Path) -> None:
     """Stop the dispatcher and any job still running (the bench leaves no process behind)."""
-    from engine.runs.tasks import kill_group
+    from engine.jobs.tasks import kill_group
 
     pid_file = home / "dispatcher.pid"
     if pid_file.is_file() and pid_file.read_text().strip().isdigit():

@@ -17,7 +17,7 @@ process group on its node after ``CANCEL_GRACE_S`` (:func:`enforce_cancel`), and
 the dispatcher kills the actor when even that has not worked. (``ray.cancel``
 cannot stop an actor's method, hence ``ray.kill``.)
 
-This module imports ray; :func:`engine.runs.executors.open_executor` imports it
+This module imports ray; :func:`engine.jobs.executors.open_executor` imports it
 only when a job is queued for Ray.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from pathlib import Path
 import ray
 
 from engine.errors import UserError
-from engine.runs.executors import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command
+from engine.jobs.executors import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command
 from engine.runs.run_dir import Run
-from engine.runs.tasks import spawn
+from engine.jobs.tasks import spawn
 from engine.workspace import home, strip_secrets
 
 __all__ = ["RAY_NAMESPACE", "RayExecutor", "JobActor", "job_resources"]

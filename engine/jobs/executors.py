@@ -1,6 +1,6 @@
 """Where a queued training job runs: on this machine (the default) or on a Ray cluster.
 
-The SQLite queue of :mod:`engine.runs.jobs` stays the record of every job whatever
+The SQLite queue of :mod:`engine.jobs.queue` stays the record of every job whatever
 runs it (queue position, listing, cancel and restart recovery are one code path);
 an executor only starts a job's command, ``python -m engine run-job RUN_DIR``
 (through torchrun for ``nproc > 1``), and hands back a :class:`JobHandle` that
@@ -26,7 +26,7 @@ from typing import Protocol
 
 from engine.errors import UserError
 from engine.runs.run_dir import Run
-from engine.runs.tasks import engine_command, kill_group, pid_alive, process_start, spawn
+from engine.jobs.tasks import engine_command, kill_group, pid_alive, process_start, spawn
 
 __all__ = ["EXECUTORS", "CANCEL_GRACE_S", "executor_name", "ray_address", "job_command", "job_env", "cancel_age",
            "enforce_cancel", "JobHandle", "Executor", "LocalExecutor", "open_executor"]
@@ -76,7 +76,7 @@ def cancel_age(run: Run) -> float | None:
 def enforce_cancel(pid: int | None, run: Run, started: str | None = None) -> None:
     """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is terminated
     (killed, when that has not worked either after as long again). ``started``: the process's start
-    (:func:`engine.runs.tasks.process_start`), so a pid reused by another process is never signalled."""
+    (:func:`engine.jobs.tasks.process_start`), so a pid reused by another process is never signalled."""
     age = cancel_age(run)
     if age is not None and age > CANCEL_GRACE_S:
         # It leads its own session.
@@ -161,7 +161,7 @@ def open_executor(name: str, local_capacity: Callable[[], int]) -> Executor:
         return LocalExecutor(local_capacity)
     if name == "ray":
         try:
-            from engine.runs.ray_executor import RayExecutor
+            from engine.jobs.ray_executor import RayExecutor
         except ImportError as exc:
             raise UserError(f"TS_EXECUTOR=ray but Ray is not installed here ({exc}); "
                             "install it with `.venv/bin/pip install -r requirements-ray.txt`") from exc

@@ -11,7 +11,7 @@ A run whose config asks for ``nproc > 1`` starts through torchrun (one process p
 GPU, DistributedDataParallel) and takes ``nproc`` of the concurrency slots. A run
 asked to stop that has not stopped within ``CANCEL_GRACE_S`` is terminated.
 
-Where a job runs is its executor's business (:mod:`engine.runs.executors`): a
+Where a job runs is its executor's business (:mod:`engine.jobs.executors`): a
 process on this machine (``local``, the default) or a detached actor on a Ray
 cluster (``TS_EXECUTOR=ray``). Each row records the executor it was queued for and
 what finds the job again after a restart (a pid, a Ray actor's name).
@@ -29,10 +29,10 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.runs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExecutor, executor_name, job_command,
+from engine.jobs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExecutor, executor_name, job_command,
                                    open_executor)
 from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
-from engine.runs.tasks import engine_command, log_tail, pid_alive, process_start, spawn
+from engine.jobs.tasks import engine_command, log_tail, pid_alive, process_start, spawn
 from engine.settings.audit import audit
 from engine.settings.limits import check_disk_quota, check_free_disk, check_training_ceilings, limits
 from engine.settings.profile import hosted

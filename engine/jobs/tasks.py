@@ -7,7 +7,7 @@ file and stdin closed. Nothing here runs inside the Streamlit script.
 Two levels:
 
 * :func:`spawn` starts a command and hands back the ``Popen``; the job queue
-  (:mod:`engine.runs.jobs`) uses it for the dispatcher and each training job and
+  (:mod:`engine.jobs.queue`) uses it for the dispatcher and each training job and
   keeps its own state in SQLite.
 * A *task* is a spawned command with a folder: ``task.json`` (pid, argv, start
   time, later the outcome), a log, the exit status (written by a small shell
