@@ -11,6 +11,7 @@ import streamlit as st
 
 from engine.export.inference import release_idle_models
 from engine.hosting.access import open_server_warning
+from engine.hosting.health import startup_refusal
 from engine.settings.audit import LOGGER, configure_logging
 from engine.settings.profile import hosted
 from engine.hosting.workspaces import remove_idle_workspaces
@@ -22,6 +23,11 @@ from app.state import app_secrets, current_backbone, current_dataset, current_ru
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 apply_error_policy()  # hosted: no tracebacks (server paths) for visitors
+_refusal = startup_refusal()  # e.g. a data root that holds every visitor's files: refused before any page
+if _refusal:
+    logging.getLogger(LOGGER).error(_refusal)
+    st.error(_refusal)
+    st.stop()
 
 
 @st.cache_resource(show_spinner=False)

@@ -54,3 +54,21 @@ def test_start_marks_dead_runs_interrupted(shapes_dir):
     assert not at.exception, at.exception
     assert run.status()["state"] == "interrupted"
     assert "interrupted" in _sidebar_text(at)
+
+
+def test_a_server_data_root_holding_the_server_folder_stops_the_app_at_start(monkeypatch):
+    from engine.hosting.health import health_report
+    from engine.workspace import home
+
+    monkeypatch.setenv("TS_DATA_ROOTS", str(home().parent))  # would list every visitor's uploads as a dataset
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "data roots" in at.error[0].value and "TRANSFER_STUDIO_HOME" in at.error[0].value
+    assert not at.sidebar.markdown  # no page, no sidebar: nothing is served
+    report = health_report()
+    assert not report["ok"] and not next(c for c in report["checks"] if c["check"] == "data roots")["ok"]
+    monkeypatch.delenv("TS_DATA_ROOTS")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.error and "fashion-mnist" in _sidebar_text(at)

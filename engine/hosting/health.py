@@ -12,7 +12,7 @@ import tempfile
 
 from engine.errors import UserError
 
-__all__ = ["health_report"]
+__all__ = ["health_report", "startup_refusal"]
 
 _MIN_FREE_MB = 500
 
@@ -51,15 +51,39 @@ def _disk() -> str:
     return f"{free_mb:,.0f} MB free"
 
 
-def health_report() -> dict:
-    """``ok`` (all checks passed) and one entry per check."""
+def _data_roots() -> str:
+    from engine.data.ingest import data_roots
+
+    roots = data_roots()  # refuses a root that overlaps the server's own folder
+    return f"{len(roots)} server data root(s)" if roots else "no server data roots (TS_DATA_ROOTS unset)"
+
+
+def _settings_checks() -> list[dict]:
+    """The checks of what the operator configured: a failure here is a server that must not start."""
     from engine.settings.limits import limits
     from engine.settings.profile import profile
+
+    return [_check("profile", profile),
+            _check("limits", lambda: f"{len(vars(limits()))} limits valid"),
+            _check("data roots", _data_roots)]
+
+
+def startup_refusal() -> str | None:
+    """One line when the server's configuration is unsafe or invalid (for the app to show instead of any page,
+    at start rather than on the first visitor's read), else None."""
+    failed = [c for c in _settings_checks() if not c["ok"]]
+    if not failed:
+        return None
+    return "The server is misconfigured and will not serve pages: " + "; ".join(
+        f"{c['check']}: {c['detail'].split(': ', 1)[-1]}" for c in failed)
+
+
+def health_report() -> dict:
+    """``ok`` (all checks passed) and one entry per check."""
     from engine.workspace import home, workspace_root
 
     checks = [
-        _check("profile", profile),
-        _check("limits", lambda: f"{len(vars(limits()))} limits valid"),
+        *_settings_checks(),
         _check("server root writable", _writable(home)),
         _check("workspace writable", _writable(workspace_root)),
         _check("job queue readable", _queue),
