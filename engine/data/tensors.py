@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data.dataset import Dataset
+from engine.data.dataset import Dataset, load_dataset
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
 from engine.errors import UserError
 from engine.settings.limits import limits
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["SplitTensors", "decode_split", "iter_decoded", "decoded_cache_problem", "decoded_bytes", "DECODE_CHUNK"]
+__all__ = ["SplitTensors", "decode_split", "load_split", "iter_decoded", "decoded_cache_problem", "decoded_bytes",
+           "DECODE_CHUNK"]
 
 # Images decoded (and held in memory) at a time: 256 x 3 x 224 x 224 bytes is 38 MB.
 DECODE_CHUNK = 256
@@ -168,3 +169,12 @@ def decode_split(dataset: Dataset, split: str, size: int, classes: list[str],
         np.savez(f, labels=label_array, paths=np.array(paths, dtype=str),
                  shape=np.array([len(paths), 3, size, size], dtype=np.int64))
     return _open_cache(data_file, meta_file)
+
+
+def load_split(config: dict, split: str, size: int, classes: list[str]) -> SplitTensors:
+    """The ``split`` images of a run's dataset, decoded at ``size`` px as training saw them.
+
+    ``config`` is a run's config.json (dataset, val_fraction, seed).
+    """
+    dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
+    return decode_split(dataset, split, size, classes)

@@ -82,7 +82,7 @@ def check_parity(
     Re-runnable on its own (e.g. after copying a model file in): the result
     is written to ``export/parity.json``; the caller decides what to raise.
     """
-    from engine.data.dataset import load_split
+    from engine.data.tensors import load_split
     from engine.export.inference import OnnxClassifier
     from engine.training.augment import normalize
     from engine.training.runner import load_checkpoint_model

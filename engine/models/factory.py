@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.models import weights as _weights
+from engine.models.weights import hub_checkpoint_dir, lite_weight_file, seed_offline_weights
 from engine.models.availability import not_offline
 from engine.models.registry import BackboneSpec, get_spec
 
@@ -102,13 +102,13 @@ def _build_torchvision(spec: BackboneSpec, pretrained: bool) -> nn.Module:
         if supplied is not None:
             model.load_state_dict(supplied, strict=False)  # checked: only the classifier may be absent
         return model
-    _weights.seed_offline_weights()
+    seed_offline_weights()
     try:
         return get_model(spec.name, weights=spec.weights)
     except Exception as exc:  # URLError, socket errors, hash mismatch ...
         raise UserError(
             f"pretrained weights for '{spec.name}' are not in the torch hub cache "
-            f"({_weights.hub_checkpoint_dir()}) and could not be downloaded ({type(exc).__name__}); "
+            f"({hub_checkpoint_dir()}) and could not be downloaded ({type(exc).__name__}); "
             f"{not_offline(spec)}, or pick a backbone marked available"
         ) from None
 
@@ -123,7 +123,7 @@ def _build_lite(spec: BackboneSpec, pretrained: bool, image_size: int | None) ->
         if supplied is not None:
             model.load_state_dict(supplied, strict=False)
             return model
-        path = _weights.lite_weight_file(spec.name)
+        path = lite_weight_file(spec.name)
         if path is None:
             raise UserError(
                 f"pretrained weights for '{spec.name}' are not installed; "
