@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from engine.data.dataset import Dataset, load_dataset
@@ -27,8 +28,8 @@ from engine.errors import UserError
 from engine.settings.limits import limits
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["SplitTensors", "decode_split", "load_split", "iter_decoded", "decoded_cache_problem", "decoded_bytes",
-           "DECODE_CHUNK"]
+__all__ = ["SplitTensors", "decode_split", "load_split", "iter_decoded", "iter_decoded_rows", "decoded_cache_problem",
+           "decoded_bytes", "DECODE_CHUNK"]
 
 # Images decoded (and held in memory) at a time: 256 x 3 x 224 x 224 bytes is 38 MB.
 DECODE_CHUNK = 256
@@ -70,7 +71,7 @@ def _decode_one(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def _split_rows(dataset: Dataset, split: str):
+def _split_rows(dataset: Dataset, split: str) -> pd.DataFrame:
     return dataset.usable[dataset.usable["split"] == split]
 
 
@@ -80,7 +81,12 @@ def iter_decoded(dataset: Dataset, split: str, size: int, classes: list[str], pr
 
     A file broken after the scan is skipped, not fatal; two threads decode (PIL releases the GIL).
     """
-    rows = _split_rows(dataset, split)
+    return iter_decoded_rows(dataset, _split_rows(dataset, split), size, classes, progress, chunk)
+
+
+def iter_decoded_rows(dataset: Dataset, rows: pd.DataFrame, size: int, classes: list[str],
+                      progress: Progress | None = None, chunk: int = DECODE_CHUNK) -> Iterator[SplitTensors]:
+    """:func:`iter_decoded` for any manifest rows of ``dataset`` (a sample across splits), in their order."""
     class_index = {name: i for i, name in enumerate(classes)}
     files = [dataset.root / p for p in rows["path"]]
     labels = [class_index[label] for label in rows["label"]]
