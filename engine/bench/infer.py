@@ -98,7 +98,7 @@ def bench_infer(
 ) -> dict:
     import onnxruntime as ort
 
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     run = Run(run_dir)

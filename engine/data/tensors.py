@@ -96,7 +96,8 @@ def iter_decoded_rows(dataset: Dataset, rows: pd.DataFrame, size: int, classes: 
         for start in range(0, total, chunk):
             decoded = list(pool.map(lambda f: _decode_one(f, size), files[start : start + chunk]))
             keep = [i for i, arr in enumerate(decoded) if arr is not None]
-            block = (np.stack([decoded[i] for i in keep]).transpose(0, 3, 1, 2) if keep
+            arrays = [arr for arr in decoded if arr is not None]
+            block = (np.stack(arrays).transpose(0, 3, 1, 2) if arrays
                      else np.zeros((0, 3, size, size), dtype=np.uint8))
             yield SplitTensors(torch.from_numpy(np.ascontiguousarray(block)),
                                torch.tensor([labels[start + i] for i in keep], dtype=torch.int64),

@@ -85,7 +85,7 @@ def check_parity(
     from engine.data.tensors import load_split
     from engine.export.inference import OnnxClassifier
     from engine.training.augment import normalize
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     run = Run(run_dir)

@@ -46,7 +46,7 @@ def export_run(
     """
     from engine.data.tensors import load_split
     from engine.training.augment import normalize
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     variants = check_variants(["fp32", *variants])

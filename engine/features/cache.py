@@ -112,7 +112,8 @@ def rows_features(dataset: Dataset, rows: pd.DataFrame, backbone: str, size: int
     if stored is None:
         run = feature_extractor(backbone, size, images=len(rows))
         hash_of = dict(zip((str(p) for p in rows["path"]), hashes))
-        parts, kept = [], []
+        parts: list[np.ndarray] = []
+        kept: list[str] = []
         # One decoded chunk in memory at a time; progress counts rows as each chunk's features are done.
         for block in iter_decoded_rows(dataset, rows, size, dataset.classes, progress=progress):
             if len(block):

@@ -8,6 +8,7 @@ unfreeze "the last K"; a timm backbone's stages are its own layer groups (``grou
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ class TransferModel(nn.Module):
 
 def _strip_last_linear(model: nn.Module) -> int:
     """Replace the ImageNet classifier (the last nn.Linear) with Identity."""
-    last_name, last = None, None
+    last_name, last = "", None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last_name, last = name, module
@@ -62,8 +63,10 @@ def _strip_last_linear(model: nn.Module) -> int:
     return last.in_features
 
 
-def _stages(backbone: nn.Module) -> list[nn.Module]:
+def _stages(model: nn.Module) -> list[nn.Module]:
     """Backbone blocks from input to output; leftovers form a last stage."""
+    # Each family names its blocks differently; read them as plain attributes (nn.Module types them loosely).
+    backbone: Any = model
     if hasattr(backbone, "features"):  # mobilenet, efficientnet, convnext
         stages = list(backbone.features.children())
     elif hasattr(backbone, "layer1"):  # resnet
