@@ -26,7 +26,7 @@ def cmd_inspect(args) -> int:
     dataset, health = health_check(args.data, val_fraction=args.val_fraction)
     summary = dataset.summary()
     if args.embedding:
-        from engine.features.embedding import embedding_map
+        from engine.data.embedding import embedding_map
 
         points = embedding_map(dataset, max_images=args.embedding_max, method=args.embedding_method)
         health["embedding"] = {"points": int(len(points)), "suspect": int(points["suspect"].sum()),
