@@ -13,7 +13,7 @@ from engine.features.embedding import (EMBED_BACKBONE, EMBED_SIZE, MAX_EMBED_IMA
                                        embedding_folder, embedding_map)
 
 __all__ = ["embedding_map", "embedding_folder", "start_embedding_map", "embedding_status", "EMBED_BACKBONE",
-           "EMBED_SIZE", "MAX_EMBED_IMAGES", "METHODS"]
+           "EMBED_SIZE", "MAX_EMBED_IMAGES", "METHODS", "POINTS_FILE"]
 
 
 def start_embedding_map(spec: str, dataset: Dataset, method: str = "pca", max_images: int = MAX_EMBED_IMAGES) -> dict:

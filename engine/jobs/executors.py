@@ -13,25 +13,26 @@ change of setting applies to jobs queued afterwards and never strands earlier on
 
 A run asked to stop (its ``cancel`` file) that has not stopped within
 ``CANCEL_GRACE_S`` has its process group ended by :func:`enforce_cancel`, on the
-machine where the process runs. The worker's command line and that cancel rule are
-:mod:`engine.jobs.worker` (re-exported here), which the Ray executor shares.
+machine where the process runs.
 """
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from engine.errors import UserError
-from engine.jobs.tasks import pid_alive, process_start, spawn
-from engine.jobs.worker import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command, job_env
 from engine.runs.run_dir import Run
+from engine.jobs.tasks import engine_command, kill_group, pid_alive, process_start, spawn
 
 __all__ = ["EXECUTORS", "CANCEL_GRACE_S", "executor_name", "ray_address", "job_command", "job_env", "cancel_age",
            "enforce_cancel", "JobHandle", "Executor", "LocalExecutor", "open_executor"]
 
 EXECUTORS = ("local", "ray")
+CANCEL_GRACE_S = 15.0
 
 
 def executor_name() -> str:
@@ -45,6 +46,41 @@ def executor_name() -> str:
 def ray_address() -> str:
     """``TS_RAY_ADDRESS``: the Ray cluster's address (``HOST:PORT`` or ``ray://HOST:10001``); default ``auto``."""
     return (os.environ.get("TS_RAY_ADDRESS") or "").strip() or "auto"
+
+
+def job_command(run_dir: str, resume: bool = False, nproc: int = 1) -> list[str]:
+    """The worker command line: one process, or torchrun with ``nproc`` of them."""
+    args = ["run-job", run_dir, *(["--resume"] if resume else [])]
+    if nproc > 1:
+        from engine.training.distributed import torchrun_command
+
+        return torchrun_command(nproc, args)
+    return engine_command(*args)
+
+
+def job_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's environment: ``base`` (default this process's) with ``threads`` CPU threads unless set already."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
+    return env
+
+
+def cancel_age(run: Run) -> float | None:
+    """Seconds since someone asked ``run`` to stop; None when nobody did."""
+    try:
+        return time.time() - float(run.cancel_file.read_text() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def enforce_cancel(pid: int | None, run: Run, started: str | None = None) -> None:
+    """A run asked to stop gets CANCEL_GRACE_S to do it cleanly, then its process group is terminated
+    (killed, when that has not worked either after as long again). ``started``: the process's start
+    (:func:`engine.jobs.tasks.process_start`), so a pid reused by another process is never signalled."""
+    age = cancel_age(run)
+    if age is not None and age > CANCEL_GRACE_S:
+        # It leads its own session.
+        kill_group(pid, signal.SIGKILL if age > 2 * CANCEL_GRACE_S else signal.SIGTERM, started)
 
 
 class JobHandle(Protocol):

@@ -35,7 +35,7 @@ from pathlib import Path
 import ray
 
 from engine.errors import UserError
-from engine.jobs.worker import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command
+from engine.jobs.executors import CANCEL_GRACE_S, cancel_age, enforce_cancel, job_command
 from engine.runs.run_dir import Run
 from engine.jobs.tasks import spawn
 from engine.workspace import home, strip_secrets
