@@ -100,7 +100,7 @@ def _features_and_logits(model, images: torch.Tensor, mean, std, say=None, what=
 def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = None,
                  n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Score the run's best weights on its validation split; write and return ``evaluation.json``."""
-    from engine.training.checkpoint import load_checkpoint_model
+    from engine.training.runner import load_checkpoint_model
 
     say = progress or (lambda message: None)
     started = time.time()
@@ -322,7 +322,7 @@ def start_evaluation(run_dir: Path | str) -> dict:
 # ---------------------------------------------------------------- activation maps
 
 def _model_for(run: Run):
-    from engine.training.checkpoint import load_checkpoint_model
+    from engine.training.runner import load_checkpoint_model
 
     return _MODELS.get(str(run.best_checkpoint.resolve()), run.best_checkpoint.stat().st_mtime,
                        lambda: load_checkpoint_model(run.best_checkpoint))

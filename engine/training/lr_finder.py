@@ -99,8 +99,6 @@ def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = LR_RANGE[0]
     finder = LRFinder(optimizer, steps, smoothing, diverge)
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 1)
-    if p.images_train is None:  # prepare() decodes them for every mode but linear, refused above
-        raise RuntimeError("the learning-rate finder needs the decoded images")
     try:
         while True:  # as many epochs as the sweep needs
             train_one_epoch(model, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
