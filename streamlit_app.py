@@ -14,7 +14,7 @@ from engine.hosting.access import open_server_warning
 from engine.hosting.health import startup_refusal
 from engine.settings.audit import LOGGER, configure_logging
 from engine.settings.profile import hosted
-from engine.hosting.workspaces import remove_idle_workspaces
+from engine.hosting.cleanup import remove_idle_workspaces
 from engine.jobs.queue import resume_queue
 from engine.jobs.view import run_label
 from app.access import apply_error_policy, require_access

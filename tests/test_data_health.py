@@ -171,7 +171,7 @@ def test_builtin_demo_datasets_pass_their_own_health_check():
 
 
 def test_embedding_map_flags_a_mislabelled_image(tmp_path):
-    from engine.data.embedding import embedding_map
+    from engine.features.embedding import embedding_map
 
     root = make_shapes_dataset(tmp_path / "emb", per_class=10)
     shutil.move(root / "circle" / "circle_003.png", root / "square" / "mislabelled.png")
@@ -182,6 +182,27 @@ def test_embedding_map_flags_a_mislabelled_image(tmp_path):
     assert row["suspect"] and row["neighbour_agreement"] < 0.5
     assert points["suspect"].mean() < 0.3
     assert embedding_map(dataset, max_images=30).equals(points)  # from the disk cache
+
+
+def test_embedding_features_survive_a_relabel_and_leave_out_a_broken_file(tmp_path):
+    from engine.features import rows_features
+
+    root = make_shapes_dataset(tmp_path / "rows", per_class=4)
+    dataset = load_dataset(root)
+    rows = dataset.usable
+    first = rows_features(dataset, rows, "mobilenet_v2", 32)
+    assert not first.cached and first.features.shape[0] == len(rows) and first.paths == list(rows["path"])
+    shutil.move(root / "circle" / "circle_001.png", root / "square" / "was_circle.png")  # a relabel: same bytes
+    relabelled = load_dataset(root)
+    again = rows_features(relabelled, relabelled.usable, "mobilenet_v2", 32)
+    assert again.cached and len(again) == len(first)
+    row = again.paths.index("square/was_circle.png")
+    np.testing.assert_array_equal(again.features[row], first.features[first.paths.index("circle/circle_001.png")])
+    assert again.labels[row] == relabelled.classes.index("square")
+    (root / "triangle" / "triangle_000.png").write_bytes(b"broken since the scan")
+    fewer = rows_features(relabelled, relabelled.usable.iloc[:-1], "mobilenet_v2", 32)  # another set: computed
+    assert not fewer.cached and "triangle/triangle_000.png" not in fewer.paths
+    assert len(fewer) == len(relabelled.usable) - 2 and fewer.features.shape == (len(fewer), first.features.shape[1])
 
 
 def test_class_weights_only_past_the_imbalance_ratio():

@@ -121,7 +121,7 @@ def test_bad_corrections_are_one_clear_line(clean, capsys):
 
 @pytest.mark.slow
 def test_linear_probe_retrain_uses_the_corrected_labels(clean):
-    from engine.data.dataset import load_split
+    from engine.data.tensors import load_split
     from engine.runs import new_run
     from engine.runs.table import run_row
     from engine.training.config import TrainConfig

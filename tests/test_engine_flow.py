@@ -11,7 +11,7 @@ from engine.cli import main
 from engine.data.dataset import load_dataset
 from engine.errors import UserError
 from engine.export.inference import OnnxClassifier
-from engine.training.runner import load_checkpoint_model
+from engine.training.checkpoint import load_checkpoint_model
 
 
 def test_linear_probe_learns_shapes(trained_run):

@@ -237,7 +237,7 @@ def test_activation_map_is_grad_cam_of_the_layer_the_head_pools(shapes_runs):
     from engine.evaluation import activation_maps
     from engine.evaluation.cam import target_layer
     from engine.training.augment import normalize
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     run = shapes_runs[0]
     img = draw_shape("square", np.random.default_rng(7))

@@ -23,7 +23,8 @@ from engine.idle_cache import IdleCache
 from engine.jobs.queue import check_can_queue
 from engine.settings.limits import limits
 from engine.hosting.sharing import is_shared, share_run
-from engine.hosting.workspaces import new_token, remove_idle_workspaces, touch, workspace_for_token
+from engine.hosting.cleanup import remove_idle_workspaces
+from engine.hosting.workspaces import new_token, touch, workspace_for_token
 from engine.runs import Run, list_runs, new_run
 from engine.jobs.queue import max_concurrent, queue_run
 from engine.training.config import TrainConfig

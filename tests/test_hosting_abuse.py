@@ -24,8 +24,9 @@ from conftest import make_shapes_dataset, open_app
 from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
 from engine.hosting.access import PasswordGuard, open_server_warning
-from engine.hosting.workspaces import (issue_token, known_token, list_workspaces, new_token, remove_idle_workspaces,
-                                       token_issued, touch, workspace_for_identity, workspace_for_token)
+from engine.hosting.cleanup import remove_idle_workspaces
+from engine.hosting.workspaces import (issue_token, known_token, list_workspaces, new_token, token_issued, touch,
+                                       workspace_for_identity, workspace_for_token)
 from engine.runs import Run, new_run
 from engine.jobs.queue import cancel, check_can_queue, queue_lock, queue_run, submit
 from engine.jobs.tasks import spawn

@@ -13,7 +13,8 @@ from streamlit.testing.v1 import AppTest
 from conftest import draw_shape, open_app
 from engine.export.inference import get_classifier
 from engine.hosting.sharing import share_token, unshare_run
-from engine.hosting.workspaces import new_token, remove_idle_workspaces, touch, workspace_for_token
+from engine.hosting.cleanup import remove_idle_workspaces
+from engine.hosting.workspaces import new_token, touch, workspace_for_token
 from engine.runs import Run, new_run
 from engine.training.config import TrainConfig
 from engine.workspace import runs_dir, use_workspace

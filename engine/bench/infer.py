@@ -61,7 +61,7 @@ def _time_calls(fn: Callable[[], object], iters: int, warmup: int) -> list[float
 
 def _ensure_models(run: Run, model: torch.nn.Module, size: int, workdir: Path, say) -> dict[str, Path]:
     """The run's exported files when they match ``size``; otherwise fresh ones in ``workdir``."""
-    from engine.data.dataset import load_split
+    from engine.data.tensors import load_split
     from engine.onnx_io import onnx_export
     from engine.export.quantize import quantize_int8
     from engine.export.variants import variant_path
@@ -98,7 +98,7 @@ def bench_infer(
 ) -> dict:
     import onnxruntime as ort
 
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     run = Run(run_dir)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from engine.data.dataset import Dataset, check_label, load_dataset
+from engine.data.dataset import Dataset, load_dataset
+from engine.data.scan import check_label
 from engine.data.images import hamming
 
 __all__ = [

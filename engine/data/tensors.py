@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from engine.data.dataset import Dataset
+from engine.data.dataset import Dataset, load_dataset
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
 from engine.errors import UserError
 from engine.settings.limits import limits
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["SplitTensors", "decode_split", "iter_decoded", "decoded_cache_problem", "decoded_bytes", "DECODE_CHUNK"]
+__all__ = ["SplitTensors", "decode_split", "load_split", "iter_decoded", "iter_decoded_rows", "decoded_cache_problem",
+           "decoded_bytes", "DECODE_CHUNK"]
 
 # Images decoded (and held in memory) at a time: 256 x 3 x 224 x 224 bytes is 38 MB.
 DECODE_CHUNK = 256
@@ -69,7 +71,7 @@ def _decode_one(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def _split_rows(dataset: Dataset, split: str):
+def _split_rows(dataset: Dataset, split: str) -> pd.DataFrame:
     return dataset.usable[dataset.usable["split"] == split]
 
 
@@ -79,7 +81,12 @@ def iter_decoded(dataset: Dataset, split: str, size: int, classes: list[str], pr
 
     A file broken after the scan is skipped, not fatal; two threads decode (PIL releases the GIL).
     """
-    rows = _split_rows(dataset, split)
+    return iter_decoded_rows(dataset, _split_rows(dataset, split), size, classes, progress, chunk)
+
+
+def iter_decoded_rows(dataset: Dataset, rows: pd.DataFrame, size: int, classes: list[str],
+                      progress: Progress | None = None, chunk: int = DECODE_CHUNK) -> Iterator[SplitTensors]:
+    """:func:`iter_decoded` for any manifest rows of ``dataset`` (a sample across splits), in their order."""
     class_index = {name: i for i, name in enumerate(classes)}
     files = [dataset.root / p for p in rows["path"]]
     labels = [class_index[label] for label in rows["label"]]
@@ -89,7 +96,8 @@ def iter_decoded(dataset: Dataset, split: str, size: int, classes: list[str], pr
         for start in range(0, total, chunk):
             decoded = list(pool.map(lambda f: _decode_one(f, size), files[start : start + chunk]))
             keep = [i for i, arr in enumerate(decoded) if arr is not None]
-            block = (np.stack([decoded[i] for i in keep]).transpose(0, 3, 1, 2) if keep
+            arrays = [arr for arr in decoded if arr is not None]
+            block = (np.stack(arrays).transpose(0, 3, 1, 2) if arrays
                      else np.zeros((0, 3, size, size), dtype=np.uint8))
             yield SplitTensors(torch.from_numpy(np.ascontiguousarray(block)),
                                torch.tensor([labels[start + i] for i in keep], dtype=torch.int64),
@@ -168,3 +176,12 @@ def decode_split(dataset: Dataset, split: str, size: int, classes: list[str],
         np.savez(f, labels=label_array, paths=np.array(paths, dtype=str),
                  shape=np.array([len(paths), 3, size, size], dtype=np.int64))
     return _open_cache(data_file, meta_file)
+
+
+def load_split(config: dict, split: str, size: int, classes: list[str]) -> SplitTensors:
+    """The ``split`` images of a run's dataset, decoded at ``size`` px as training saw them.
+
+    ``config`` is a run's config.json (dataset, val_fraction, seed).
+    """
+    dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
+    return decode_split(dataset, split, size, classes)

@@ -82,10 +82,10 @@ def check_parity(
     Re-runnable on its own (e.g. after copying a model file in): the result
     is written to ``export/parity.json``; the caller decides what to raise.
     """
-    from engine.data.dataset import load_split
+    from engine.data.tensors import load_split
     from engine.export.inference import OnnxClassifier
     from engine.training.augment import normalize
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     run = Run(run_dir)

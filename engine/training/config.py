@@ -120,7 +120,7 @@ class TrainConfig:
                 continue
             kind = hints[f.name]
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            kwargs = {"help": f.metadata.get("help")}
+            kwargs: dict[str, typing.Any] = {"help": f.metadata.get("help")}
             if f.default is MISSING:
                 parser.add_argument(f.name, **kwargs)
                 continue
@@ -139,6 +139,20 @@ class TrainConfig:
     @classmethod
     def field_help(cls, name: str) -> str:
         return cls.__dataclass_fields__[name].metadata.get("help") or ""
+
+    @property
+    def num_epochs(self) -> int:
+        """``epochs`` as training reads it: never None once constructed (the mode's default fills it)."""
+        if self.epochs is None:  # only if someone set it to None after construction
+            raise UserError("epochs is not set")
+        return int(self.epochs)
+
+    @property
+    def base_lr(self) -> float:
+        """``lr`` as training reads it: never None once constructed (the mode's default fills it)."""
+        if self.lr is None:
+            raise UserError("learning rate is not set")
+        return float(self.lr)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "TrainConfig":

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 import traceback
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,98 +15,31 @@ import torch
 from torch import nn
 
 from engine.data.corrections import version_label
-from engine.data.dataset import load_dataset
+from engine.data.dataset import Dataset, load_dataset
 from engine.data.health import inverse_frequency_weights
 from engine.data.tensors import decode_split
 from engine.features import feature_extractor, split_features
 from engine.errors import UserError
-from engine.models import create_model, get_spec
+from engine.models import TransferModel, create_model, get_spec
+from engine.models.registry import BackboneSpec
 from engine.runs import Run
-from engine.training.callbacks import Callback, CancelledByUser, RunDirCallback
+from engine.training.callbacks import Callback, CancelledByUser, Fanout, RunDirCallback
+from engine.training.checkpoint import (CHECKPOINT_FORMAT, load_checkpoint_model, read_checkpoint, save_checkpoint,
+                                       software_versions)
 from engine.training.config import TrainConfig
 from engine.training.augment import mix_batch
 from engine.training.distributed import DistContext, init_distributed
 from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
-from engine.device import resolve_device
+from engine.device import DeviceSetup, resolve_device
 from engine.training.loop import evaluate, train_one_epoch
 from engine.training.metrics import classification_report
 from engine.training.probe import fit_probe
-from engine.training.state import EarlyStopping, TrainingState
+from engine.training.state import EarlyStopping, TrainingState, warmup_cosine
 
+# load_checkpoint_model and CHECKPOINT_FORMAT live in engine.training.checkpoint; named here too while
+# branches written against the old home land (issue 18).
 __all__ = ["train", "resume", "load_checkpoint_model", "prepare", "Prepared", "fit_head", "probe_features",
            "validation_every", "CHECKPOINT_FORMAT"]
-
-CHECKPOINT_FORMAT = 1
-
-
-def _versions() -> dict:
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__}
-
-
-def _warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _save_checkpoint(path, model, config: TrainConfig, classes, epoch, extra=None):
-    blob = {"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "config": config.to_dict(),
-            "classes": list(classes), "epoch": epoch}
-    blob.update(extra or {})
-    tmp = path.with_suffix(".partial")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint_model(path) -> tuple[nn.Module, TrainConfig, list[str]]:
-    """Rebuild the trained model from a checkpoint (no pretrained download needed)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    config = TrainConfig.from_dict(blob["config"])
-    size = config.image_size or get_spec(config.backbone).input_size
-    model = create_model(config.backbone, len(blob["classes"]), pretrained=False, image_size=size)
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), config, list(blob["classes"])
-
-
-
-class _Fanout(Callback):
-    def __init__(self, callbacks):
-        self.callbacks = callbacks
-
-    def on_stage(self, *a, **k):
-        for c in self.callbacks:
-            c.on_stage(*a, **k)
-
-    def on_train_start(self):
-        for c in self.callbacks:
-            c.on_train_start()
-
-    def on_progress(self, *a, **k):
-        for c in self.callbacks:
-            c.on_progress(*a, **k)
-
-    def on_batch_end(self, loss):
-        for c in self.callbacks:
-            c.on_batch_end(loss)
-
-    def on_resume(self, epoch):
-        for c in self.callbacks:
-            c.on_resume(epoch)
-
-    def on_epoch_end(self, record):
-        for c in self.callbacks:
-            c.on_epoch_end(record)
-
-    def should_stop(self):
-        return any(c.should_stop() for c in self.callbacks)
-
 
 def _set_threads(config: TrainConfig) -> None:
     """Threads: the config's, else the OMP_NUM_THREADS the job queue gave this worker."""
@@ -129,14 +63,14 @@ def train(config: TrainConfig, run: Run, callbacks: list[Callback] | None = None
             return _train(config, run, Callback(), dist_ctx, resume)
         finally:
             dist_ctx.close()
-    callback = RunDirCallback(run, config.epochs)
-    cb = _Fanout([callback, *(callbacks or [])])
+    callback = RunDirCallback(run, config.num_epochs)
+    cb = Fanout([callback, *(callbacks or [])])
     started = time.time()
     if resume:
         previous = run.status()
         started = time.time() - float(previous.get("duration_s") or 0)
     run.update_status(state="running", stage="starting", started_at=started, pid=os.getpid(),
-                      epoch=0, epochs=config.epochs, progress=0.0, error=None, message="",
+                      epoch=0, epochs=config.num_epochs, progress=0.0, error=None, message="",
                       world_size=dist_ctx.world)
     if resume:
         run.cancel_file.unlink(missing_ok=True)  # an old cancel must not stop the resumed run
@@ -182,12 +116,12 @@ def resume(run: Run, callbacks: list[Callback] | None = None, finish: bool = Tru
 class Prepared:
     """Everything a training (or LR-finder) loop needs, on the device."""
     config: TrainConfig
-    setup: object
-    spec: object
+    setup: DeviceSetup
+    spec: BackboneSpec
     size: int
-    classes: list
-    model: nn.Module
-    dataset: object
+    classes: list[str]
+    model: TransferModel
+    dataset: Dataset
     # Decoded uint8 images on the device; None for the linear probe, which reads cached features.
     images_train: torch.Tensor | None
     images_val: torch.Tensor | None
@@ -195,8 +129,8 @@ class Prepared:
     y_train: torch.Tensor
     y_val: torch.Tensor
     y_test: torch.Tensor | None
-    val_paths: list
-    test_paths: list
+    val_paths: list[str]
+    test_paths: list[str]
     loss_fn: nn.Module
     sample_weights: torch.Tensor | None  # balance="sampler": per-image draw weights
     cfg_record: dict
@@ -234,8 +168,7 @@ def prepare(config: TrainConfig, cb: Callback | None = None, dist_ctx: DistConte
         if not dist_ctx.is_main:
             dist_ctx.barrier()  # rank 0 decodes and writes the cache first; the others read it
         for split in splits:
-            t = decode_split(dataset, split, size, classes,
-                             progress=lambda d, n, split=split: cb.on_progress(d, n, f"decode {split}"))
+            t = decode_split(dataset, split, size, classes, progress=_stage_progress(cb, f"decode {split}"))
             images[split], labels[split], paths[split] = t.images.to(setup.device), t.labels, t.paths
         if dist_ctx.is_main:
             dist_ctx.barrier()
@@ -250,7 +183,7 @@ def prepare(config: TrainConfig, cb: Callback | None = None, dist_ctx: DistConte
                      "threads": torch.get_num_threads(),
                      "dataset_name": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
                      "dataset_version": version_label(dataset.root),
-                     "mean": list(spec.mean), "std": list(spec.std), "versions": _versions()}
+                     "mean": list(spec.mean), "std": list(spec.std), "versions": software_versions()}
     }
     apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=0, every=config.gradual_every)
     model.to(setup.device)
@@ -277,6 +210,11 @@ def probe_features(dataset, split: str, backbone: str, size: int, classes: list,
                           progress=lambda d, t, stage: cb.on_progress(d, t, stage))
 
 
+def _stage_progress(cb: Callback, stage: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` reported to ``cb`` as ``stage``."""
+    return lambda done, total: cb.on_progress(done, total, stage)
+
+
 def _wrap(model: nn.Module, config: TrainConfig, setup, dist_ctx: DistContext) -> nn.Module:
     """The module the loop calls: DDP across ranks, then torch.compile if asked."""
     net = model
@@ -284,7 +222,7 @@ def _wrap(model: nn.Module, config: TrainConfig, setup, dist_ctx: DistContext) -
         ids = [setup.device.index] if setup.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if config.compile:
-        net = torch.compile(net)
+        net = typing.cast(nn.Module, torch.compile(net))  # compiling a module gives a module (OptimizedModule)
     return net
 
 
@@ -348,8 +286,8 @@ def _train_probe(p: Prepared, run: Run, cb: Callback, dist_ctx: DistContext) -> 
               "images_per_s": round(len(p.y_train) / seconds, 1) if seconds > 0 else None, "best": True,
               "probe": stats["probe"]}
     if dist_ctx.is_main:
-        _save_checkpoint(run.best_checkpoint, p.model, p.config, p.classes, 1)
-        _save_checkpoint(run.last_checkpoint, p.model, p.config, p.classes, 1)
+        save_checkpoint(run.best_checkpoint, p.model, p.config, p.classes, 1)
+        save_checkpoint(run.last_checkpoint, p.model, p.config, p.classes, 1)
     cb.on_epoch_end(record)
     return _final_report(p, run, cb, dist_ctx, best_epoch=1, evaluate_split=lambda split: _probe_eval(p, split, cb))
 
@@ -388,16 +326,18 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
         run.write_config(p.cfg_record)
     if config.mode == "linear":
         return _train_probe(p, run, cb, dist_ctx)
+    if p.images_train is None or p.images_val is None:  # prepare() decodes them for every mode but linear
+        raise RuntimeError(f"{config.mode} training needs the decoded images")
 
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 1 + dist_ctx.rank)
-    groups = param_groups(model, config.lr, config.backbone_lr_mult, config.weight_decay, config.mode,
+    groups = param_groups(model, config.base_lr, config.backbone_lr_mult, config.weight_decay, config.mode,
                           layer_decay=config.layer_decay)
     fused = setup.device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=config.base_lr, fused=fused)
     steps_per_epoch = max(1, len(p.y_train) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = _warmup_cosine(optimizer, total_steps, int(config.warmup_epochs * steps_per_epoch))
+    total_steps = steps_per_epoch * config.num_epochs
+    scheduler = warmup_cosine(optimizer, total_steps, int(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if setup.needs_scaler() else None
     mix = None
     if config.mix != "none":
@@ -406,7 +346,7 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
 
     state = TrainingState(optimizer, scheduler, scaler, generator, aug_generator, EarlyStopping(config.patience))
     if resume:
-        blob = torch.load(run.last_checkpoint, map_location=setup.device, weights_only=True)
+        blob = read_checkpoint(run.last_checkpoint, setup.device)
         apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=int(blob["epoch"]),
                             every=config.gradual_every)
         model.load_state_dict(blob["state_dict"])
@@ -424,9 +364,9 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
     every = validation_every(config, len(p.y_train), len(p.y_val))
     best_val: tuple[int, dict] | None = None  # the best epoch's validation result, reused by the final report
     validated = start_epoch - 1  # the last epoch validated (or resumed from)
-    cb.on_stage("train", f"{config.mode} training for {config.epochs} epochs")
+    cb.on_stage("train", f"{config.mode} training for {config.num_epochs} epochs")
     cb.on_train_start()
-    for epoch in range(start_epoch, config.epochs + 1):
+    for epoch in range(start_epoch, config.num_epochs + 1):
         t0 = time.time()
         if config.mode == "gradual":
             now_open = trainable_stages(model, config.mode, epoch=epoch - 1, every=config.gradual_every)
@@ -441,7 +381,7 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                                 dist_ctx=dist_ctx if dist_ctx.enabled else None, sample_weights=p.sample_weights,
                                 freeze_norm=config.freeze_norm and config.mode != "scratch")
         val = None
-        if epoch % every == 0 or epoch == config.epochs:
+        if epoch % every == 0 or epoch == config.num_epochs:
             val = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size,
                            mean=spec.mean, std=spec.std)
         seconds = time.time() - t0
@@ -456,15 +396,15 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
             record["best"] = True
             best_val = (epoch, val)
             if dist_ctx.is_main:
-                _save_checkpoint(run.best_checkpoint, model, config, classes, epoch)
+                save_checkpoint(run.best_checkpoint, model, config, classes, epoch)
         if val is not None:
             validated = epoch
         if dist_ctx.is_main:
             # last.pt before the metrics line: a kill between the two loses one line, not the epoch.
-            _save_checkpoint(run.last_checkpoint, model, config, classes, epoch,
+            save_checkpoint(run.last_checkpoint, model, config, classes, epoch,
                              extra={"training_state": state.state_dict()})
         cb.on_epoch_end(record)
-        if state.early.stop and epoch < config.epochs:
+        if state.early.stop and epoch < config.num_epochs:
             if dist_ctx.is_main:
                 run.update_status(stopped_early=epoch, message=f"stopped early after epoch {epoch}: validation "
                                   f"loss did not improve for {config.patience} epochs")
@@ -473,7 +413,7 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
             raise CancelledByUser()
 
     dist_ctx.barrier()
-    blob = torch.load(run.best_checkpoint, map_location=setup.device, weights_only=True)
+    blob = read_checkpoint(run.best_checkpoint, setup.device)
     model.load_state_dict(blob["state_dict"])
     images = {"val": p.images_val, "test": p.images_test}
     labels = {"val": p.y_val, "test": p.y_test}
@@ -481,7 +421,10 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
     known = {"val": best_val[1]} if best_val is not None and best_val[0] == blob["epoch"] else {}
 
     def evaluate_split(split: str) -> dict:
-        return known.get(split) or evaluate(model, images[split], labels[split], setup=setup,
-                                            batch_size=config.batch_size, mean=spec.mean, std=spec.std)
+        x, y = images[split], labels[split]
+        if x is None or y is None:  # _final_report asks only for the splits the data has
+            raise RuntimeError(f"no {split} split to evaluate")
+        return known.get(split) or evaluate(model, x, y, setup=setup, batch_size=config.batch_size,
+                                            mean=spec.mean, std=spec.std)
 
     return _final_report(p, run, cb, dist_ctx, best_epoch=blob["epoch"], evaluate_split=evaluate_split)

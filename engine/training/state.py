@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from engine.training.callbacks import Callback
 
-__all__ = ["EarlyStopping", "TrainingState"]
+__all__ = ["EarlyStopping", "TrainingState", "warmup_cosine"]
 
 
 class EarlyStopping(Callback):
@@ -57,7 +58,7 @@ class TrainingState:
     extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
                "aug_generator": self.aug_generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -79,3 +80,16 @@ class TrainingState:
         self.aug_generator.set_state(rng["aug_generator"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate per step: linear warm-up over ``warmup_steps``, then a cosine to zero at ``total_steps``
+    (a function of the step alone, so the scheduler's state in last.pt resumes it exactly)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
