@@ -388,7 +388,7 @@ def cmd_predict(args) -> int:
             row = {k: v for k, v in rows[path].items() if k not in ("file", f"top-{args.top_k}")}
             print(json.dumps({"image": path, **row}))
         if args.run_dir:  # one summary line: the batch test against the training data
-            from engine.dataloop.pool_commands import predict_summary
+            from engine.cli.pool import predict_summary
 
             print(json.dumps(predict_summary(result)))
         return 0
@@ -680,10 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.hosting.commands import add_commands
 
     add_commands(sub)  # health, limits, cleanup
-    from engine.dataloop.commands import add_commands as add_dataloop_commands
+    from engine.cli.dataloop import add_commands as add_dataloop_commands
 
     add_dataloop_commands(sub, bench_sub)  # label-issues, relabel, drop, undo, corrections, bench labels
-    from engine.dataloop.pool_commands import add_commands as add_pool_commands
+    from engine.cli.pool import add_commands as add_pool_commands
 
     add_pool_commands(sub, bench_sub)  # suggest, bench active
     return parser
