@@ -25,7 +25,8 @@ from engine.settings.limits import limits
 from engine.hosting.sharing import is_shared, share_run
 from engine.hosting.workspaces import new_token, remove_idle_workspaces, touch, workspace_for_token
 from engine.runs import Run, list_runs, new_run
-from engine.jobs.queue import max_concurrent, queue_run
+from engine.jobs.queue import max_concurrent
+from engine.workflow import queue_run
 from engine.training.config import TrainConfig
 from engine.workspace import child_env, datasets_dir, runs_dir, use_workspace, workspace_root, workspaces_dir
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.evaluation import evaluate_run, evaluation_dir, evaluation_state, load_evaluation
+from engine.evaluation import evaluate_run, evaluation_dir, load_evaluation
+from engine.workflow import evaluation_state
 from engine.runs import Run
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "evaluate.py")

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 import onnx
 from streamlit.testing.v1 import AppTest
 
-from engine.export import check_parity, export_job_state
+from engine.export import check_parity
+from engine.workflow import export_job_state
 from engine.runs import Run
 from engine.workspace import runs_dir
 

@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
 
     config = _config_from_args(args)
     if args.queue:  # what the Train page does: check, create the run, queue it for a worker
-        from engine.jobs.queue import queue_run
+        from engine.workflow import queue_run
 
         print(f"queued {queue_run(config).path}")
         return 0
@@ -154,35 +154,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_run_job(args) -> int:
-    """What the dispatcher starts: train the run in RUN_DIR from its config.json, then export."""
-    from engine.export import export_run
+    """What the dispatcher starts: the workflow's job for the run in RUN_DIR (train, done, evaluate, export)."""
     from engine.runs import Run
-    from engine.training.callbacks import CancelledByUser
-    from engine.training.config import TrainConfig
-    from engine.training.runner import train
+    from engine.workflow import run_job
 
-    run = Run(args.run_dir)
-    config = TrainConfig.from_dict(run.config())
-    try:
-        train(config, run, callbacks=[_print_progress()], resume=args.resume, finish=False)
-    except CancelledByUser:
-        return 0
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun only rank 0 exports
-    run.update_status(state="running", stage="evaluate", message="evaluating: metrics, calibration, OOD reference")
-    try:
-        from engine.evaluation import evaluate_run
-
-        evaluate_run(run.path)  # before export: export uses the temperature it fits
-    except Exception as exc:  # the run stays usable; the Evaluate page can retry
-        print(f"evaluation failed: {exc}", file=sys.stderr, flush=True)
-    run.update_status(state="running", stage="export", message="exporting to ONNX and checking parity")
-    try:
-        export = export_run(run.path)
-    except Exception as exc:  # training succeeded; the run stays usable without an export
-        export = {"passed": False, "error": str(exc)}
-    run.update_status(state="done", stage="done", message="", export=export)
-    return 0
+    return run_job(Run(args.run_dir), resume=args.resume, callbacks=[_print_progress()])
 
 
 def cmd_resume(args) -> int:
@@ -191,9 +167,9 @@ def cmd_resume(args) -> int:
 
     run = Run(args.run_dir)
     if args.queue:
-        from engine.jobs.queue import submit
+        from engine.workflow import resume_run
 
-        submit(run, resume=True)
+        resume_run(run)
         print(f"queued {run.path} to resume")
         return 0
     report = resume(run, callbacks=[_print_progress()])

@@ -5,9 +5,9 @@ projected with PCA (or t-SNE). A point whose nearest neighbours in feature
 space mostly carry another label is flagged as a possible mislabel. The
 result is cached on disk per dataset fingerprint, sample and projection.
 
-The Dataset page computes it in the background (:func:`start_embedding_map`,
-a ``python -m engine inspect --embedding`` task) and polls
-:func:`embedding_status`; it never runs the backbone in the page script.
+The Dataset page computes it in the background (``engine.workflow.start_embedding_map``,
+a ``python -m engine inspect --embedding`` task, writing ``POINTS_FILE`` here) and polls
+``engine.workflow.embedding_status``; it never runs the backbone in the page script.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from engine.data.dataset import Dataset
 from engine.data.images import ImageProblem, load_rgb, resize_center_crop
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["embedding_map", "embedding_folder", "start_embedding_map", "embedding_status", "EMBED_BACKBONE",
-           "EMBED_SIZE", "MAX_EMBED_IMAGES", "METHODS"]
+__all__ = ["embedding_map", "embedding_folder", "EMBED_BACKBONE",
+           "EMBED_SIZE", "MAX_EMBED_IMAGES", "METHODS", "POINTS_FILE"]
 
 EMBED_BACKBONE = "mobilenet_v2"
 EMBED_SIZE = 96
@@ -31,38 +31,13 @@ MAX_EMBED_IMAGES = 2000
 NEIGHBOURS = 5
 METHODS = ("pca", "tsne")
 _BATCH = 64
-_POINTS = "points.parquet"
+POINTS_FILE = "points.parquet"
 
 
 def embedding_folder(dataset: Dataset, method: str = "pca", max_images: int = MAX_EMBED_IMAGES, seed: int = 0) -> Path:
     """The cache folder of one map: its points (``points.parquet``) and, when computed in the background, the task."""
     key = f"{dataset.fingerprint()}-{EMBED_BACKBONE}-{EMBED_SIZE}-{max_images}-{method}-{seed}"
     return cache_dir() / "embeddings" / key
-
-
-def start_embedding_map(spec: str, dataset: Dataset, method: str = "pca", max_images: int = MAX_EMBED_IMAGES) -> dict:
-    """Compute the map of ``dataset`` (loaded from ``spec``) in a background process; poll :func:`embedding_status`."""
-    from engine.jobs.tasks import start_task
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    argv = ["inspect", str(spec), "--val-fraction", str(dataset.val_fraction), "--embedding",
-            "--embedding-max", str(max_images), "--embedding-method", method]
-    return start_task(embedding_folder(dataset, method, max_images, dataset.seed), argv, _POINTS)
-
-
-def embedding_status(dataset: Dataset, method: str = "pca",
-                     max_images: int = MAX_EMBED_IMAGES) -> tuple[dict | None, pd.DataFrame | None]:
-    """The background task's state (None if none was started) and the map's points once they exist."""
-    from engine.jobs.tasks import task_state
-
-    folder = embedding_folder(dataset, method, max_images, dataset.seed)
-    state = task_state(folder, _POINTS)
-    try:
-        points = pd.read_parquet(folder / _POINTS) if (folder / _POINTS).is_file() else None
-    except Exception:  # damaged: compute it again
-        points = None
-    return state, points
 
 
 def _sample(dataset: Dataset, max_images: int, seed: int) -> pd.DataFrame:
@@ -113,7 +88,7 @@ def embedding_map(dataset: Dataset, max_images: int = MAX_EMBED_IMAGES, method: 
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    cache = embedding_folder(dataset, method, max_images, seed) / _POINTS
+    cache = embedding_folder(dataset, method, max_images, seed) / POINTS_FILE
     if cache.is_file():
         try:
             return pd.read_parquet(cache)

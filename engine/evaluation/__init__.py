@@ -7,11 +7,9 @@ from engine.evaluation.evaluator import (
     compare_runs,
     evaluate_run,
     evaluation_dir,
-    evaluation_state,
     load_evaluation,
     run_ood_reference,
     run_temperature,
-    start_evaluation,
 )
 from engine.evaluation.metrics import bootstrap_ci
 from engine.evaluation.ood import OODReference, load_reference
@@ -24,7 +22,6 @@ __all__ = [
     "compare_runs",
     "evaluate_run",
     "evaluation_dir",
-    "evaluation_state",
     "fit_temperature",
     "load_evaluation",
     "load_reference",
@@ -33,7 +30,6 @@ __all__ = [
     "run_ood_reference",
     "run_temperature",
     "softmax",
-    "start_evaluation",
     "threshold_curve",
     "threshold_point",
 ]

@@ -33,8 +33,8 @@ from engine.idle_cache import IdleCache
 from engine.runs import Run
 from engine.workspace import atomic_path, file_sha256, read_json, write_json_atomic
 
-__all__ = ["evaluate_run", "load_evaluation", "RunEvaluation", "evaluation_dir", "evaluation_state",
-           "start_evaluation", "run_temperature", "run_ood_reference", "activation_maps", "compare_runs",
+__all__ = ["evaluate_run", "load_evaluation", "RunEvaluation", "evaluation_dir",
+           "run_temperature", "run_ood_reference", "activation_maps", "compare_runs",
            "GALLERY_SIZE", "EVALUATION_FORMAT"]
 
 EVALUATION_FORMAT = 1
@@ -300,26 +300,6 @@ def run_temperature(run_dir: Path | str) -> dict | None:
 def run_ood_reference(run_dir: Path | str) -> OODReference | None:
     return load_reference(_files(run_dir)["ood"])
 
-
-def evaluation_state(run_dir: Path | str) -> dict | None:
-    """The background evaluation's state (running | done | failed), or None if none was started."""
-    from engine.jobs.tasks import task_state
-
-    return task_state(evaluation_dir(run_dir), "evaluation.json")
-
-
-def start_evaluation(run_dir: Path | str) -> dict:
-    """Evaluate the run in a background process (``python -m engine evaluate RUN_DIR --recompute``)."""
-    from engine.jobs.tasks import start_task
-
-    run = Run(run_dir)
-    if not run.best_checkpoint.is_file():
-        raise UserError(f"run '{run.id}' has no trained weights yet; train it first")
-    return start_task(evaluation_dir(run.path), ["evaluate", str(run.path.resolve()), "--recompute", "--quiet"],
-                      result_name="evaluation.json")
-
-
-# ---------------------------------------------------------------- activation maps
 
 def _model_for(run: Run):
     from engine.training.runner import load_checkpoint_model

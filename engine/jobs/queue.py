@@ -38,7 +38,7 @@ from engine.settings.limits import check_disk_quota, check_free_disk, check_trai
 from engine.settings.profile import hosted
 from engine.workspace import home, workspace_id, workspace_of
 
-__all__ = ["queue_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
+__all__ = ["queue_new_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
            "check_can_queue", "queue_lock", "dispatch_forever", "ensure_dispatcher", "recover_interrupted",
            "resume_queue", "max_concurrent"]
 
@@ -145,7 +145,7 @@ def _active_jobs_here() -> int:
 
 
 def check_can_queue(config) -> None:
-    """Before a training run is queued (:func:`queue_run`): hosted ceilings, this workspace's
+    """Before a training run is queued (:func:`queue_new_run`): hosted ceilings, this workspace's
     queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
     check_training_ceilings(config.epochs, config.image_size)
     if hosted():
@@ -164,26 +164,11 @@ def check_can_queue(config) -> None:
     audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)
 
 
-def queue_run(config, label: str | None = None) -> Run:
-    """Check what the user can fix, then create the run directory and queue it (the Train page and the CLI).
-
-    ``config`` is a :class:`engine.training.config.TrainConfig`. Raises
-    :class:`UserError` (or ``ImageProblem``) for an unknown backbone, pretrained
-    weights missing on this machine, or a dataset that does not load, before any
-    run directory exists.
-    """
-    from engine.data.dataset import load_dataset
-    from engine.models import get_spec
-    from engine.models import weights_available
-
+def queue_new_run(config, label: str | None = None) -> Run:
+    """Create a run directory for ``config`` (a :class:`TrainConfig`) and queue it, after the queue's own
+    checks (:func:`check_can_queue`). What the user can fix first (weights, dataset) is checked by
+    ``engine.workflow.queue_run``, the one entry the Train page and the CLI use."""
     check_can_queue(config)  # the hosted ceilings, this workspace's queue and disk quota
-    spec = get_spec(config.backbone)
-    if config.mode != "scratch":
-        ok, source = weights_available(spec)
-        if not ok:
-            raise UserError(f"the pretrained weights of {config.backbone} are not on this machine ({source}); "
-                            "pick an available backbone or train from scratch")
-    load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
     with queue_lock():  # the workspace clean-up never sees this run between its folder and its queue row
         run = new_run(label or f"{config.backbone}-{config.mode}")
         run.write_config(config.to_dict())
@@ -195,7 +180,7 @@ def queue_run(config, label: str | None = None) -> Run:
 def queue_lock() -> Iterator[None]:
     """The queue's lock, across processes and threads (re-entrant within one thread).
 
-    Held while a run's folder is created and queued (:func:`queue_run`, :func:`submit`) and by the
+    Held while a run's folder is created and queued (:func:`queue_new_run`, :func:`submit`) and by the
     workspace clean-up while it decides what to keep and deletes the rest, so a run submitted meanwhile
     is never deleted.
     """
