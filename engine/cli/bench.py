@@ -13,7 +13,7 @@ from engine.errors import UserError
 from engine.cli.common import print_json
 
 __all__ = ["add_commands", "cmd_bench_train", "cmd_bench_recipe", "cmd_bench_scale", "cmd_bench_health",
-           "cmd_bench_abuse", "cmd_bench_infer"]
+           "cmd_bench_abuse", "cmd_bench_infer", "cmd_bench_flow"]
 
 
 def cmd_bench_train(args) -> int:
@@ -91,6 +91,19 @@ def cmd_bench_infer(args) -> int:
     return 0
 
 
+def cmd_bench_flow(args) -> int:
+    from engine.bench.flow import MODES, bench_flow, format_table
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise UserError(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    rows = bench_flow(args.data, image_size=args.image_size, modes=modes, repeats=args.repeats,
+                      progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
 def add_commands(sub) -> argparse._SubParsersAction:
     """Register ``bench`` and its benchmarks on ``sub``; returns the group's subparsers."""
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
@@ -153,4 +166,12 @@ def add_commands(sub) -> argparse._SubParsersAction:
     p.add_argument("--threads", type=int, help="threads for every engine (default: all cores)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_infer)
+    p = bench_sub.add_parser("flow", help="the Train page's built-in flow, click -> result, cold and with the "
+                             "resident worker (fresh homes; the old click -> result is the follow-up's end)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--modes", default="cold,resident", help="comma-separated subset of cold,resident")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_flow)
     return bench_sub

@@ -5,6 +5,7 @@ trains in this process, for scripts and benchmarks.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.cli.common import add_train_options, config_from_args, print_progress
 
-__all__ = ["add_commands", "cmd_train", "cmd_run_job", "cmd_resume", "cmd_lr_find", "cmd_worker"]
+__all__ = ["add_commands", "cmd_train", "cmd_run_job", "cmd_resume", "cmd_lr_find", "cmd_worker", "cmd_job_runner"]
 
 
 def cmd_train(args) -> int:
@@ -117,12 +118,56 @@ def cmd_lr_find(args) -> int:
 def cmd_worker(args) -> int:
     from engine.jobs.queue import dispatch_forever
 
-    dispatch_forever(idle_exit_s=args.idle_exit, wait_for_lock=args.wait_lock)
+    idle = args.idle_exit
+    if idle is None:
+        from engine.settings.limits import limits
+
+        idle = limits().model_idle_minutes * 60 if args.resident else 5.0
+    dispatch_forever(idle_exit_s=idle, wait_for_lock=args.wait_lock, resident=args.resident)
     return 0
 
 
+def cmd_job_runner(args) -> int:
+    """A spare job process: import what every job needs now, then run the one job the dispatcher hands over
+    on stdin (``{"run_dir", "resume"}``) exactly as ``run-job`` would; end quietly when stdin closes first."""
+    import sys
+
+    import torch  # noqa: F401  (the seconds a fresh job process would spend here)
+    import torchvision  # noqa: F401  (it imports torch._dynamo: ~8 s on a busy 2-core machine)
+
+    import engine.evaluation  # noqa: F401
+    import engine.export  # noqa: F401
+    import engine.training.runner  # noqa: F401
+    import engine.workflow  # noqa: F401
+    from engine.jobs.view import DEFAULT_BACKBONE
+    from engine.models import get_spec
+
+    get_spec(DEFAULT_BACKBONE)  # builds the backbone registry
+
+    print(f"job-runner {os.getpid()}: ready", flush=True)  # in spare.log: bench flow waits for it
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    job = json.loads(line)
+    # From here on this process is the job: its output goes to the run's log, as a spawned job's does.
+    from engine.runs import Run
+
+    with open(Run(job["run_dir"]).log_file, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    from engine.hosting.commands import enter_workspace
+
+    args = argparse.Namespace(command="run-job", run_dir=job["run_dir"], resume=bool(job.get("resume")))
+    enter_workspace(args)  # the run's own workspace, as ``main`` does for ``run-job``
+    try:
+        return cmd_run_job(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def add_commands(sub) -> None:
-    """Register ``train``, ``resume``, ``lr-find``, ``worker``, ``run-job`` on ``sub``."""
+    """Register ``train``, ``resume``, ``lr-find``, ``worker``, ``run-job``, ``job-runner`` on ``sub``."""
     p = sub.add_parser("train", help="fine-tune a backbone on a dataset")
     add_train_options(p)
     p.add_argument("--out", help="run directory to create (default: a new one under workspace/runs)")
@@ -145,7 +190,10 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("worker", help="(internal) drain the job queue")
-    p.add_argument("--idle-exit", type=float, default=5.0)
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="seconds with an empty queue before it exits (default 5; resident: the model idle time)")
+    p.add_argument("--resident", action="store_true",
+                   help="stay (the app's dispatcher) and keep a spare job process warm for the next job")
     p.add_argument("--wait-lock", type=float, default=0.0, help="seconds to wait for a dying dispatcher's lock")
     p.set_defaults(func=cmd_worker)
 
@@ -153,3 +201,8 @@ def add_commands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_run_job)
+
+    from engine.jobs.executors import SPARE_COMMAND
+
+    p = sub.add_parser(SPARE_COMMAND, help="(internal) a warm job process: imports, then runs the job read from stdin")
+    p.set_defaults(func=cmd_job_runner)

@@ -7,7 +7,10 @@ from engine.data.builtin import BUILTIN_DATASETS
 from engine.models import get_spec
 from engine.runs.run_dir import Run, list_runs
 
-__all__ = ["run_label", "exported_runs", "suggest_image_size", "CPU_IMAGE_SIZE"]
+__all__ = ["run_label", "exported_runs", "suggest_image_size", "CPU_IMAGE_SIZE", "DEFAULT_BACKBONE"]
+
+# The backbone a new session starts with (the Backbone page changes it); ``setup`` prepares its feature graph.
+DEFAULT_BACKBONE = "mobilenet_v2"
 
 # On CPU, compute grows with the square of the side: 96 px costs about a fifth of 224 px.
 CPU_IMAGE_SIZE = {"builtin": 96, "folder": 128}

@@ -55,9 +55,12 @@ def resume_run(run: Run) -> None:
     queue.submit(run, resume=True)
 
 
-def restart_queue() -> None:
-    """On app start: mark runs whose worker died interrupted, and restart the dispatcher for waiting jobs."""
+def restart_queue(resident: bool = True) -> None:
+    """On app start: mark runs whose worker died interrupted, restart the dispatcher for waiting jobs, and
+    (``resident``) start the resident one with its warm spare job process, so the first click starts at once."""
     queue.resume_queue()
+    if resident:
+        queue.ensure_dispatcher(resident=True)
 
 
 def cancel_run(run: Run) -> None:
@@ -68,7 +71,7 @@ def cancel_run(run: Run) -> None:
 def queue_view(run: Run) -> int | None:
     """A queued run's place in the queue (1: next). Restarts the dispatcher if it died, so a page that
     shows a waiting run also keeps the queue moving."""
-    queue.ensure_dispatcher()
+    queue.ensure_dispatcher(resident=True)
     return queue.queue_position(run)
 
 
