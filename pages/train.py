@@ -22,7 +22,8 @@ from engine.training.augment import AUGMENT_PRESETS
 from engine.insight import load_insight
 from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
 from engine.training.lr_finder import LR_RANGE
-from engine.workflow import cancel_run, follow_up, lr_find_state, queue_run, queue_view, resume_run, start_lr_find
+from engine.workflow import (cancel_run, failure_details, follow_up, lr_find_state, queue_run, queue_view, resume_run,
+                             start_lr_find)
 from app.state import current_backbone, current_dataset, current_run, set_run, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame
@@ -304,9 +305,7 @@ if not settled:
 
 status = run.status()
 if status.get("state") == "failed":
-    details = status.get("traceback")
-    if not details and run.log_file.is_file():
-        details = "\n".join(run.log_file.read_text(errors="replace").splitlines()[-30:])
+    details = failure_details(run)
     if details:
         with st.expander("Technical details (for a bug report)"):
             st.code(details, language="text")

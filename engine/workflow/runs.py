@@ -24,7 +24,7 @@ from engine.jobs.tasks import pid_alive, process_start
 from engine.runs import TERMINAL_STATES, Run
 
 __all__ = ["queue_run", "resume_run", "restart_queue", "cancel_run", "queue_view", "run_job", "follow_up",
-           "run_settled", "FOLLOW_UP_STAGES"]
+           "failure_details", "run_settled", "FOLLOW_UP_STAGES"]
 
 FOLLOW_UP_STAGES = ("evaluate", "export")
 
@@ -89,6 +89,14 @@ def follow_up(run: Run) -> dict | None:
                 "error": "the evaluation and export after training stopped (the worker ended); "
                          "start them from the Evaluate and Export pages"}
     return fu
+
+
+def failure_details(run: Run, lines: int = 30) -> str | None:
+    """For a failed run's bug report: its recorded traceback, else the last ``lines`` lines of its job's log."""
+    details = run.status().get("traceback")
+    if not details and run.log_file.is_file():
+        details = "\n".join(run.log_file.read_text(errors="replace").splitlines()[-lines:])
+    return details or None
 
 
 def run_settled(run: Run) -> bool:
