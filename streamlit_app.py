@@ -15,7 +15,7 @@ from engine.hosting.health import startup_refusal
 from engine.settings.audit import LOGGER, configure_logging
 from engine.settings.profile import hosted
 from engine.hosting.cleanup import remove_idle_workspaces
-from engine.jobs.queue import resume_queue
+from engine.workflow import restart_queue
 from engine.jobs.view import run_label
 from app.access import apply_error_policy, require_access
 from app.sidebar import workspace_panel
@@ -38,7 +38,7 @@ def _resume_jobs_once() -> bool:
     warning = open_server_warning(app_secrets())
     if warning:
         logging.getLogger(LOGGER).warning(warning)
-    resume_queue()
+    restart_queue()
     return True
 
 

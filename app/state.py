@@ -19,6 +19,7 @@ from engine.settings.audit import audit
 from engine.settings.profile import hosted
 from engine.hosting.sharing import SHARE_PARAM
 from engine.errors import UserError
+from engine.jobs.view import DEFAULT_BACKBONE
 from engine.hosting.workspaces import (issue_token, known_token, touch, valid_token, workspace_for_identity,
                                        workspace_for_token)
 from engine.runs import Run
@@ -140,8 +141,6 @@ def open_new_workspace() -> None:
 def workspace_token() -> str | None:
     """The visitor's workspace token (hosted, without login), for the link that reopens the workspace."""
     return st.session_state.get(_TOKEN_KEY)
-
-DEFAULT_BACKBONE = "mobilenet_v2"
 
 _DEFAULTS = {"dataset": DEFAULT_DATASET, "backbone": DEFAULT_BACKBONE, "run": None}
 

@@ -10,7 +10,8 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.features.catalogue import backbone_catalogue
-from engine.sweep import MAX_BACKBONES, MIN_BACKBONES, latest_sweep, start_sweep, sweep_status
+from engine.sweep import MAX_BACKBONES, MIN_BACKBONES, latest_sweep
+from engine.workflow import start_sweep, sweep_status
 from app.state import current_backbone, current_dataset, set_backbone, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame

@@ -15,7 +15,8 @@ import plotly.express as px
 import streamlit as st
 
 from engine.data.builtin import BUILTIN_DATASETS
-from engine.data.embedding import METHODS, embedding_status, start_embedding_map
+from engine.features.embedding import METHODS
+from engine.workflow import embedding_status, start_embedding_map
 from engine.data.health import health_check
 from engine.data.images import ImageProblem, load_rgb
 from engine.data.ingest import ingest_table, ingest_zip, server_datasets, uploaded_datasets, uploads_dir

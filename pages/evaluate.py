@@ -9,7 +9,8 @@ import streamlit as st
 
 from app.state import pick_run, require_frame
 from engine.errors import UserError
-from engine.evaluation import activation_maps, compare_runs, evaluation_state, load_evaluation, start_evaluation
+from engine.evaluation import activation_maps, compare_runs, load_evaluation
+from engine.workflow import evaluation_state, follow_up, start_evaluation
 from engine.runs import list_runs
 from engine.jobs.view import run_label
 
@@ -45,6 +46,18 @@ if task and task.get("state") == "running":
     st.stop()
 if task and task.get("state") == "failed":
     st.error(f"The last evaluation did not finish: {task.get('error')}")
+if (follow_up(run) or {}).get("stage") == "evaluate" and (follow_up(run) or {}).get("state") == "running":
+    # Right after training: the headline figures are on the Train page; the rest is being computed.
+    @st.fragment(run_every=2)
+    def _filling_in() -> None:
+        fu = follow_up(run) or {}
+        if fu.get("state") != "running" or fu.get("stage") != "evaluate":
+            st.rerun()
+        st.info(f"Filling in: {fu.get('message')} ({time.time() - fu.get('started_at', time.time()):.0f} s) …",
+                icon=":material/hourglass_top:")
+
+    _filling_in()
+    st.stop()
 
 if evaluation is None or evaluation.stale:
     if evaluation is not None:

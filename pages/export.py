@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import UserError
-from engine.export import (STRICT_VARIANTS, VARIANTS, export_job_state, gate_failure, parity_rows, start_export_job,
-                           variant_path)
+from engine.export import STRICT_VARIANTS, VARIANTS, gate_failure, parity_rows, variant_path
 from engine.export.bundle import build_bundle, unchanged_variants
 from engine.export.quantize import quantization_choices
 from engine.workspace import read_json
+from engine.workflow import export_job_state, export_progress, follow_up, start_export_job
 from app.state import current_run, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame
@@ -59,11 +59,8 @@ if job and job.get("state") == "running":
         current = export_job_state(run.path)
         if not current or current.get("state") != "running":
             st.rerun()
-        log = run.export_dir / "export.log"
-        steps = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
-                 if line.startswith("[export]")]
         elapsed = time.time() - current.get("started_at", time.time())
-        st.info(f"Exporting {', '.join(current['variants'])}: {steps[-1][9:] if steps else 'starting'} "
+        st.info(f"Exporting {', '.join(current['variants'])}: {export_progress(run.path) or 'starting'} "
                 f"({elapsed:.0f} s)")
 
     _watch_export()
@@ -73,6 +70,18 @@ if job and job.get("state") == "failed":
 parity = read_json(parity_file)
 
 if parity is None:
+    fu = follow_up(run) or {}
+    if fu.get("state") == "running":
+        # Right after training: the run's own export follows its evaluation in the background.
+        @st.fragment(run_every=2)
+        def _filling_in() -> None:
+            now = follow_up(run) or {}
+            if now.get("state") != "running":
+                st.rerun()
+            st.info(f"Filling in: {now.get('message')} …", icon=":material/hourglass_top:")
+
+        _filling_in()
+        st.stop()
     st.info("This run has not been exported yet.")
     st.stop()
 

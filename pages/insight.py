@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.errors import UserError
-from engine.insight import insight_state, load_insight, start_insight
+from engine.insight import load_insight
+from engine.workflow import insight_state, start_insight
 from app.state import current_backbone, current_dataset, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame

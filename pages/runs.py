@@ -47,10 +47,10 @@ if len(resumable):
         col1, col2 = st.columns([4, 1])
         col1.write(f"`{run_id}` stopped before finishing; it can continue from its last epoch checkpoint.")
         if col2.button("Resume", key=f"resume-{run_id}"):
-            from engine.jobs.queue import submit
+            from engine.workflow import resume_run
 
             try:
-                submit(Run(runs_dir() / run_id), resume=True)
+                resume_run(Run(runs_dir() / run_id))
                 st.success(f"{run_id} queued to resume")
             except UserError as exc:
                 st.error(str(exc))

@@ -1,6 +1,6 @@
 """Train page: configure a run, queue it, and watch it train, live.
 
-The run trains in a worker process (engine.jobs.queue); this page only writes the
+The run trains in a worker process (engine.workflow queues it); this page only writes the
 run's config, submits it, and reads the run directory back every second, so a
 refresh or another page never stops it.
 """
@@ -13,18 +13,17 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.jobs import queue as jobs
 from engine.runs import TERMINAL_STATES
 from engine.data.images import ImageProblem
 from engine.errors import UserError
 from engine.settings.limits import training_ceilings
 from engine.jobs.view import suggest_image_size
-from engine.workspace import read_json
 from engine.training.augment import AUGMENT_PRESETS
-from engine.jobs.tasks import task_state
 from engine.insight import load_insight
 from engine.training.config import BALANCE_MODES, DEFAULT_EPOCHS, DEFAULT_LR, MIX_MODES, MODES, TrainConfig
-from engine.training.lr_finder import LR_RANGE, start_lr_find, lr_find_folder
+from engine.training.lr_finder import LR_RANGE
+from engine.workflow import (cancel_run, failure_details, follow_up, lr_find_state, queue_run, queue_view, resume_run,
+                             start_lr_find)
 from app.state import current_backbone, current_dataset, current_run, set_run, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame
@@ -125,7 +124,7 @@ def _config() -> TrainConfig:
 def _start_run():
     """Check everything the user can fix here (weights, dataset), then queue the run."""
     with st.spinner("Checking the dataset…"):
-        return jobs.queue_run(_config())
+        return queue_run(_config())
 
 
 def _use_lr(value: float) -> None:
@@ -136,31 +135,30 @@ def _use_lr(value: float) -> None:
 def _lr_finder_view() -> None:
     """The sweep for the current settings: start it, watch it, use its suggestion."""
     try:
-        folder = lr_find_folder(_config())
+        settings = _config()
     except UserError:
         return
     if find:
         try:
-            start_lr_find(_config())
+            start_lr_find(settings)
         except UserError as exc:
             st.error(f"Cannot run the LR finder: {exc}")
             return
-    task = task_state(folder)
+    task, _ = lr_find_state(settings)
     if task is None:
         return
 
     @st.fragment(run_every="1s" if task["state"] == "running" else None)
     def sweep() -> None:
-        now = task_state(folder)
+        now, result = lr_find_state(settings)
         if task["state"] == "running" and now["state"] != "running":
             st.rerun()  # once: the full page redraws without polling
         if now["state"] == "running":
             st.info("LR finder running in the background…", icon=":material/hourglass_top:")
             return
-        if now["state"] == "failed":
-            st.error(f"The LR finder failed: {now['error']}")
+        if now["state"] == "failed" or result is None:
+            st.error(f"The LR finder failed: {now.get('error') or 'it stored no curve'}")
             return
-        result = read_json(folder / "result.json")
         fig = px.line(x=result["lrs"], y=result["losses"], log_x=True, title="LR finder (smoothed training loss)",
                       labels={"x": "learning rate", "y": "loss"})
         fig.add_vline(x=result["suggested_lr"], line_dash="dash", line_color="#f97316",
@@ -200,13 +198,13 @@ state_now = run.status().get("state")
 settled = state_now in TERMINAL_STATES  # from the same read: the fragment below reruns on any change
 if not settled and state_now in ("queued", "running"):
     if head_r.button("Cancel run", icon=":material/stop:", key="cancel_run"):
-        jobs.cancel(run)
+        cancel_run(run)
         st.toast("Cancel requested; the run stops at its next step.")
 elif settled and state_now in ("interrupted", "cancelled", "failed") and run.last_checkpoint.is_file():
     if head_r.button("Resume run", icon=":material/replay:", key="resume_run",
                      help="continue from the last finished epoch"):
         try:
-            jobs.submit(run, resume=True)
+            resume_run(run)
         except UserError as exc:
             st.error(f"Cannot resume: {exc}")
         else:
@@ -230,6 +228,18 @@ def _curves(metrics: list[dict]) -> tuple[go.Figure, go.Figure]:
     return figures[0], figures[1]
 
 
+def _probe_curve(probe: dict) -> tuple[go.Figure, pd.DataFrame]:
+    """A linear probe has no epochs: what it has is the cross-validated score over the regularisation C."""
+    table = pd.DataFrame(probe.get("cv") or [])
+    fig = px.line(table, x="C", y="cv_score", color="scaling", markers=True, log_x=True,
+                  title="Cross-validation over the regularisation (higher C: weaker)",
+                  labels={"cv_score": "cross-validated score", "C": "C"})
+    if probe.get("C") is not None:
+        fig.add_vline(x=probe["C"], line_dash="dash", line_color="#f97316", annotation_text=f"chosen C={probe['C']:g}")
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
+    return fig, table
+
+
 def _draw_status(status: dict) -> None:
     state = status.get("state", "unknown")
     stage = status.get("stage") or ""
@@ -237,8 +247,7 @@ def _draw_status(status: dict) -> None:
     st.markdown(f"**State:** {STATE_ICONS.get(state, '')} `{state}` · **stage:** {stage}"
                 + (f" — {message}" if message and message != stage and state in ("running", "queued") else ""))
     if state == "queued":
-        jobs.ensure_dispatcher()  # cheap; restarts the queue if its dispatcher died
-        position = jobs.queue_position(run)
+        position = queue_view(run)  # cheap; it also restarts the queue if its dispatcher died
         if position:
             st.info(f"Waiting in the queue: position {position}. It starts when a worker is free.")
     progress = float(status.get("progress") or 0.0)
@@ -270,7 +279,17 @@ def live_view() -> None:
         st.rerun()  # once per change: queued -> running polls faster; a finished run redraws with its evaluation
     _draw_status(status)
     metrics = run.metrics()
-    if metrics:
+    probe = metrics[-1].get("probe") if metrics else None
+    if probe and probe.get("cv"):
+        fig, table = _probe_curve(probe)
+        left, right = st.columns([3, 2])
+        left.plotly_chart(fig, width="stretch", key="probe_cv_curve")
+        right.dataframe(table, hide_index=True, width="stretch")
+        right.caption(f"chosen: C={probe['C']:g}, {probe['scaling']} features; cross-validated score "
+                      f"{probe.get('cv_accuracy') or float('nan'):.3f}")
+    elif probe:
+        st.caption("The probe was fitted without cross-validation (too few images per class for folds).")
+    elif metrics:
         loss_fig, acc_fig = _curves(metrics)
         left, right = st.columns(2)
         left.plotly_chart(loss_fig, width="stretch", key="loss_curve")
@@ -286,9 +305,7 @@ if not settled:
 
 status = run.status()
 if status.get("state") == "failed":
-    details = status.get("traceback")
-    if not details and run.log_file.is_file():
-        details = "\n".join(run.log_file.read_text(errors="replace").splitlines()[-30:])
+    details = failure_details(run)
     if details:
         with st.expander("Technical details (for a bug report)"):
             st.code(details, language="text")
@@ -330,9 +347,28 @@ with right:
     st.download_button("Download per-class table (CSV)", per_class.to_csv(index=False),
                        f"{run.id}-per-class.csv", "text/csv", on_click="ignore")
 
-export = status.get("export") or {}
-if run.onnx_file.is_file() and export.get("passed", True):
-    st.success("Exported to ONNX and checked against PyTorch. Try it on the **Predict** page or download it on "
-               "the **Export** page.")
-elif export.get("error") or export.get("passed") is False:
-    st.warning(f"Training finished but the ONNX export did not pass: {export.get('error') or 'parity check failed'}")
+# The evaluation's intervals and the ONNX export follow "done" in the background: watch them here.
+following = (follow_up(run) or {}).get("state") == "running"
+
+
+@st.fragment(run_every="2s" if following else None)
+def follow_up_view() -> None:
+    fu = follow_up(run) or {}
+    if following and fu.get("state") != "running":
+        st.rerun()  # once: the page redraws with the export's outcome
+    if fu.get("state") == "running":
+        st.info(f"Filling in: {fu.get('message') or fu.get('stage')}… the figures above are final; the Evaluate "
+                "and Export pages fill in when this ends.", icon=":material/hourglass_top:")
+        return
+    if fu.get("state") == "stopped":
+        st.warning(fu["error"])
+    export = run.status().get("export") or {}
+    if run.onnx_file.is_file() and export.get("passed", True):
+        st.success("Exported to ONNX and checked against PyTorch. Try it on the **Predict** page or download it "
+                   "on the **Export** page.")
+    elif export.get("error") or export.get("passed") is False:
+        st.warning("Training finished but the ONNX export did not pass: "
+                   f"{export.get('error') or 'parity check failed'}")
+
+
+follow_up_view()

@@ -218,7 +218,7 @@ def test_class_weights_only_past_the_imbalance_ratio():
 def test_embedding_map_in_the_background_task(tmp_path):
     import time
 
-    from engine.data.embedding import embedding_status, start_embedding_map
+    from engine.workflow import embedding_status, start_embedding_map
 
     root = make_shapes_dataset(tmp_path / "emb-bg", per_class=6)
     dataset = load_dataset(root)

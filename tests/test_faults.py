@@ -21,7 +21,7 @@ from conftest import job_pid, queued_run, wait_for
 from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, serve
 from engine.jobs import queue as jobs
 from engine.jobs.tasks import kill_group, pid_alive
-from engine.jobs.view import run_settled
+from engine.workflow import run_settled
 from engine.training.config import TrainConfig
 from engine.workspace import home
 

@@ -26,7 +26,8 @@ from engine.hosting.sharing import is_shared, share_run
 from engine.hosting.cleanup import remove_idle_workspaces
 from engine.hosting.workspaces import new_token, touch, workspace_for_token
 from engine.runs import Run, list_runs, new_run
-from engine.jobs.queue import max_concurrent, queue_run
+from engine.jobs.queue import max_concurrent
+from engine.workflow import queue_run
 from engine.training.config import TrainConfig
 from engine.workspace import child_env, datasets_dir, runs_dir, use_workspace, workspace_root, workspaces_dir
 

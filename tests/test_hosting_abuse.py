@@ -28,7 +28,8 @@ from engine.hosting.cleanup import remove_idle_workspaces
 from engine.hosting.workspaces import (issue_token, known_token, list_workspaces, new_token, token_issued, touch,
                                        workspace_for_identity, workspace_for_token)
 from engine.runs import Run, new_run
-from engine.jobs.queue import cancel, check_can_queue, queue_lock, queue_run, submit
+from engine.jobs.queue import cancel, check_can_queue, queue_lock, submit
+from engine.workflow import queue_run
 from engine.jobs.tasks import spawn
 from engine.training.config import TrainConfig
 from engine.workspace import cache_dir, child_env, datasets_dir, home, runs_dir, use_workspace, workspaces_dir

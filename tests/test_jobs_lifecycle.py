@@ -134,3 +134,36 @@ def test_a_job_past_the_wall_clock_cap_is_stopped_and_says_so(shapes_dir, monkey
     status = run.status()
     assert status["state"] == "failed" and "TS_MAX_JOB_HOURS" in status["error"], status
     assert len(run.metrics()) < 300
+
+
+def test_resident_dispatcher_hands_the_job_to_its_warm_spare(shapes_dir):
+    """The app's resident dispatcher keeps a job process ready (torch imported); a queued job runs in it,
+    writes to its own run's log, and a new spare is ready behind it."""
+    import re
+
+    from engine.workflow import run_settled
+
+    _stop_dispatcher()
+    spare_log = home() / "spare.log"
+    before = spare_log.read_text() if spare_log.is_file() else ""
+
+    def ready_pids() -> list[int]:
+        text = spare_log.read_text()[len(before):] if spare_log.is_file() else ""
+        return [int(p) for p in re.findall(r"job-runner (\d+): ready", text)]
+
+    jobs.ensure_dispatcher(resident=True)
+    try:
+        _wait(lambda: ready_pids(), 180)
+        spare = ready_pids()[0]
+        run = _queued_run(shapes_dir, "warm", mode="linear", epochs=1)
+        jobs.submit(run)
+        _wait(lambda: run_settled(run), 240)
+        status = run.status()
+        assert status["state"] == "done", status
+        assert status["pid"] == spare  # trained by the process that was ready before the job was queued
+        assert status["follow_up"]["state"] == "done"
+        assert "[job] run" in run.log_file.read_text()  # its output is in the run's log, not the spare's
+        _wait(lambda: len(ready_pids()) >= 2, 180)  # the next job finds one ready too
+        assert ready_pids()[1] != spare
+    finally:
+        _stop_dispatcher()

@@ -227,16 +227,6 @@ def test_analyser_catches_a_package_loop_and_an_upward_import(tmp_path):
 # Tolerated here only until those land: delete each line as its edge goes (an edge still listed after it
 # is gone fails test_pending_edges_still_exist, so the list cannot go stale).
 PENDING: set[tuple[str, str]] = {
-    ("engine.jobs.executors", "engine.jobs.ray_executor"),
-    ("engine.data.embedding", "engine.jobs.tasks"),
-    ("engine.data.embedding", "engine.features.embedding"),
-    ("engine.evaluation.evaluator", "engine.jobs.tasks"),
-    ("engine.export.job", "engine.jobs.tasks"),
-    ("engine.insight.report", "engine.jobs.tasks"),
-    ("engine.sweep.sweep", "engine.jobs.tasks"),
-    ("engine.training.lr_finder", "engine.jobs.tasks"),
-    ("engine.dataloop.commands", "engine.bench.labels"),
-    ("engine.dataloop.pool_commands", "engine.bench.active"),
     ("engine.export.analyse", "engine.dataloop.shift"),
 }
 

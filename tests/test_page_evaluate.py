@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.evaluation import evaluate_run, evaluation_dir, evaluation_state, load_evaluation
+from engine.evaluation import evaluate_run, evaluation_dir, load_evaluation
+from engine.workflow import evaluation_state
 from engine.runs import Run
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "evaluate.py")
@@ -82,3 +83,23 @@ def test_unevaluated_run_is_evaluated_in_the_background_then_compared(evaluated,
     assert not at.exception, at.exception
     assert {m.label: m.value for m in at.metric}["McNemar p-value"] == "1"
     assert any("within noise" in m.value for m in at.markdown)
+
+
+def test_a_run_just_done_says_filling_in_until_its_follow_up_has_evaluated_it(evaluated):
+    import os
+
+    from engine.jobs.tasks import process_start
+
+    copy = Run(shutil.copytree(evaluated.path, evaluated.path.parent / f"{evaluated.id}-filling"))
+    shutil.rmtree(evaluation_dir(copy.path))
+    # What the job writes the moment training ends: done, its evaluation following (this process stands in
+    # for the job's, so the follow-up reads as running).
+    copy.update_status(state="done", follow_up={"state": "running", "stage": "evaluate", "message": "evaluating",
+                                                "pid": os.getpid(), "pid_start": process_start(os.getpid())})
+    at = _page(copy.id)
+    assert any("Filling in" in i.value for i in at.info)
+    assert not at.metric and not any(b.key == "eval_start" for b in at.button)  # no second evaluation offered
+    evaluate_run(copy.path, n_resamples=200)
+    copy.update_status(follow_up={"state": "done"})
+    at = _page(copy.id)
+    assert "Accuracy" in {m.label for m in at.metric}

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 import onnx
 from streamlit.testing.v1 import AppTest
 
-from engine.export import check_parity, export_job_state
+from engine.export import check_parity
+from engine.workflow import export_job_state
 from engine.runs import Run
 from engine.workspace import runs_dir
 
@@ -81,3 +82,24 @@ def test_export_from_the_page(page_run):
     assert not at.exception and not at.error
     assert list(at.dataframe[0].value["variant"]) == ["fp32", "int8"]
     assert (page_run.export_dir / "model.int8.onnx").is_file()
+
+
+def test_a_run_just_done_says_filling_in_until_its_own_export_has_passed(page_run):
+    import os
+
+    from engine.jobs.tasks import process_start
+
+    parity = page_run.export_dir / "parity.json"
+    kept = parity.read_bytes()
+    parity.unlink()  # as right after training: the follow-up has not exported yet
+    page_run.update_status(state="done", follow_up={"state": "running", "stage": "export", "message": "exporting",
+                                                    "pid": os.getpid(), "pid_start": process_start(os.getpid())})
+    at = _open(page_run)
+    assert not at.exception
+    assert any("Filling in" in i.value for i in at.info)
+    assert not at.get("download_button")
+    parity.write_bytes(kept)
+    page_run.update_status(follow_up={"state": "done"})
+    at = _open(page_run)
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value["variant"])[0] == "fp32"

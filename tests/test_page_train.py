@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import draw_shape
 
 from engine.runs import Run, list_runs
-from engine.jobs.view import run_settled
+from engine.workflow import run_settled
 from engine.workspace import runs_dir
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "train.py")
@@ -91,11 +91,21 @@ def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
     assert run.status()["state"] in {"queued", "running", "done"}
     assert any(run_id in s.value for s in at.subheader)
 
+    # The run is "done" with its headline figures while the evaluation and the export still fill in.
+    done_early = None
     deadline = time.time() + 180
     while not run_settled(run) and time.time() < deadline:
-        time.sleep(1)
+        status = run.status()
+        if done_early is None and status.get("state") == "done" and status["follow_up"]["state"] == "running":
+            done_early = (status, run.evaluation(), run.onnx_file.is_file())
+        time.sleep(0.1)
     status = run.status()
     assert status["state"] == "done", status
+    assert status["follow_up"]["state"] == "done", status
+    assert done_early is not None, "the run was never done before its follow-up ended"
+    early_status, early_evaluation, early_onnx = done_early
+    assert early_evaluation["accuracy"] == run.evaluation()["accuracy"]  # the figures shown first are final
+    assert not early_onnx  # the export came after "done"
 
     # A fresh session that opens the run from the URL, as after a refresh.
     at2 = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
@@ -105,13 +115,16 @@ def test_start_run_trains_in_worker_and_shows_results(shapes_dir, monkeypatch):
     assert not at2.exception, at2.exception
     assert any("`done`" in m.value for m in at2.markdown)
     charts = at2.get("plotly_chart")
-    assert len(charts) == 3  # loss, accuracy, confusion matrix
+    assert len(charts) == 2  # the probe's cross-validation curve (no one-point epoch curves), confusion matrix
+    cv = run.metrics()[0]["probe"]["cv"]
+    assert len(cv) > 1
+    assert len(at2.dataframe[0].value) == len(cv)  # one row per (scaling, C) the probe tried
     metrics = {m.label: m.value for m in at2.metric}
     evaluation = run.evaluation()
     assert metrics["Accuracy"] == f"{evaluation['accuracy']:.3f}"
     assert metrics["Macro F1"] == f"{evaluation['macro_f1']:.3f}"
     assert metrics["Balanced accuracy"] == f"{evaluation['balanced_accuracy']:.3f}"
-    per_class = at2.dataframe[0].value
+    per_class = at2.dataframe[1].value
     assert list(per_class["class"]) == ["circle", "square", "triangle"]
     assert len(run.metrics()) == 1  # the probe: one converged fit
     assert run.onnx_file.is_file()

@@ -22,7 +22,8 @@ from engine.data.builtin import BUILTIN_DATASETS, materialise, register_builtin
 from engine.data.dataset import load_dataset
 from engine.data.ingest import data_roots, ingest_zip, server_datasets, validate_spec
 from engine.errors import UserError
-from engine.insight import insight_folder, start_insight
+from engine.insight import insight_folder
+from engine.workflow import start_insight
 from engine.jobs import queue as jobs
 from engine.runs import new_run
 from engine.jobs.tasks import cancel_task, kill_group, pid_alive, process_start, start_task, task_state
@@ -268,7 +269,8 @@ def test_two_tabs_uploading_the_same_zip_extract_it_once(tmp_path):
 
 def test_tasks_that_train_keep_to_the_hosted_image_size_ceiling(monkeypatch):
     from engine.training.config import TrainConfig
-    from engine.training.lr_finder import lr_find_folder, start_lr_find
+    from engine.training.lr_finder import lr_find_folder
+    from engine.workflow import start_lr_find
 
     monkeypatch.setenv("TS_PROFILE", "hosted")
     monkeypatch.setenv("TS_MAX_IMAGE_SIZE", "64")

@@ -5,13 +5,11 @@
 ``engine.export.calibration``    temperature scaling on the validation split
 ``engine.export.parity``         the parity gate against PyTorch, the parity table rows
 ``engine.export.pipeline``       ``export_run``: all of the above for one run
-``engine.export.job``            the export as a background task for the Export page
 ``engine.export.bundle``         the download zip with a model card
 ``engine.export.bundle_predict`` the standalone predict.py shipped in the bundle
 ``engine.export.inference``      onnxruntime prediction with the recorded preprocessing
 """
 from engine.export.calibration import fit_temperature
-from engine.export.job import export_job_state, start_export_job
 from engine.export.parity import (PARITY_ATOL, ExportParityError, check_parity, gate_failure, gate_label,
                                   parity_rows)
 from engine.export.pipeline import export_run
@@ -28,8 +26,6 @@ __all__ = [
     "gate_failure",
     "gate_label",
     "parity_rows",
-    "start_export_job",
-    "export_job_state",
     "ExportParityError",
     "PARITY_ATOL",
     "OPSET",

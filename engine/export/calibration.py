@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.evaluation.calibration import MIN_TEMPERATURE_IMAGES, fit_temperature
-from engine.evaluation.evaluator import run_temperature
+from engine.evaluation.store import run_temperature
 
 __all__ = ["fit_temperature", "export_temperature", "MIN_TEMPERATURE_IMAGES"]
 

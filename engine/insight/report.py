@@ -1,9 +1,9 @@
-"""All five insights for one dataset and backbone, the advice they lead to, and the background task.
+"""All five insights for one dataset and backbone, the advice they lead to, and where they are stored.
 
 ``compute_insight`` runs the parts in order (curve, stages, domain, gain) and times
-each; ``advice`` turns the numbers into two or three sentences; ``start_insight`` /
-``insight_state`` / ``load_insight`` run it as ``python -m engine insight ... --out``
-in the background for the pages (one result per dataset and backbone).
+each; ``advice`` turns the numbers into two or three sentences; ``load_insight`` reads what
+``python -m engine insight ... --out`` (started by ``engine.workflow.start_insight``) stored
+for the pages (one result per dataset and backbone).
 """
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.settings.limits import check_training_ceilings
 from engine.workspace import read_json, workspace_root
 
-__all__ = ["compute_insight", "advice", "format_insight", "insight_folder", "start_insight", "insight_state",
-           "load_insight"]
+__all__ = ["compute_insight", "advice", "format_insight", "insight_folder", "load_insight"]
 
 Progress = Callable[[str], None]
 
@@ -193,25 +191,6 @@ def insight_folder(spec: str, backbone: str) -> Path:
     """Where the insight of this dataset and backbone lives (one per pair; a new one replaces it)."""
     key = hashlib.sha256(f"{spec}|{backbone}".encode()).hexdigest()[:16]
     return workspace_root() / "insight" / key
-
-
-def start_insight(spec: str, backbone: str, image_size: int = 64, scratch: bool = True) -> dict:
-    """Compute the insight in its own process (pages must not); poll with :func:`insight_state`."""
-    from engine.models import valid_backbone
-    from engine.jobs.tasks import start_task
-
-    valid_backbone(backbone)  # a name from the URL or a form: one of the registry's, or one clear line
-    check_training_ceilings(None, image_size)  # it trains scratch models at this size
-    folder = insight_folder(spec, backbone)
-    argv = ["insight", str(spec), "--backbone", backbone, "--image-size", str(image_size), "--quiet",
-            "--out", str(folder / "result.json")] + ([] if scratch else ["--no-scratch"])
-    return start_task(folder, argv, info={"dataset": str(spec), "backbone": backbone, "image_size": image_size})
-
-
-def insight_state(spec: str, backbone: str) -> dict | None:
-    from engine.jobs.tasks import task_state
-
-    return task_state(insight_folder(spec, backbone))
 
 
 def load_insight(spec: str, backbone: str) -> dict | None:

@@ -11,12 +11,18 @@ The operator picks one with ``TS_EXECUTOR`` (``local`` | ``ray``, read by
 says which Ray cluster. Each job row records the executor it was queued for, so a
 change of setting applies to jobs queued afterwards and never strands earlier ones.
 
+A resident dispatcher (``worker --resident``, started with the app) keeps one *spare* job process on
+this machine: Python, torch and the training code already imported, waiting on its stdin for a run. A
+queued single-process job is handed to it (milliseconds) instead of a fresh process (seconds of imports
+on a busy CPU), and a new spare is started behind it.
+
 A run asked to stop (its ``cancel`` file) that has not stopped within
 ``CANCEL_GRACE_S`` has its process group ended by :func:`enforce_cancel`, on the
 machine where the process runs.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,12 +33,14 @@ from typing import Protocol
 from engine.errors import UserError
 from engine.runs.run_dir import Run
 from engine.jobs.tasks import engine_command, kill_group, pid_alive, process_start, spawn
+from engine.workspace import home
 
 __all__ = ["EXECUTORS", "CANCEL_GRACE_S", "executor_name", "ray_address", "job_command", "job_env", "cancel_age",
-           "enforce_cancel", "JobHandle", "Executor", "LocalExecutor", "open_executor"]
+           "enforce_cancel", "JobHandle", "Executor", "LocalExecutor", "SPARE_COMMAND"]
 
 EXECUTORS = ("local", "ray")
 CANCEL_GRACE_S = 15.0
+SPARE_COMMAND = "job-runner"  # the CLI command a spare runs: imports, then one job read from stdin
 
 
 def executor_name() -> str:
@@ -134,36 +142,76 @@ class _LocalHandle:
         return code
 
 
+class _Spare:
+    """A job process started before its job (see the module's docstring); its own session, like every job."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        with open(home() / "spare.log", "a") as log:
+            self.proc = subprocess.Popen(engine_command(SPARE_COMMAND), stdin=subprocess.PIPE, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True, text=True,
+                                         env=job_env(threads))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def hand(self, run_dir: str, resume: bool) -> subprocess.Popen:
+        """Give the spare its job; from now on it is that job's process (its log is the run's)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"run_dir": run_dir, "resume": resume}) + "\n")
+        self.proc.stdin.close()
+        return self.proc
+
+    def close(self) -> None:
+        """No job for it: closing its stdin ends it."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc.pid, signal.SIGKILL)
+
+
 class LocalExecutor:
-    """Each job is a process on this machine, at most ``capacity()`` slots at once (read once)."""
+    """Each job is a process on this machine, at most ``capacity()`` slots at once (read once).
+
+    ``warm=True`` (the resident dispatcher): one spare process is kept ready for the next job."""
 
     name = "local"
 
-    def __init__(self, capacity: Callable[[], int]) -> None:
+    def __init__(self, capacity: Callable[[], int], warm: bool = False) -> None:
         self._capacity, self._limit = capacity, 0
+        self._spare: _Spare | None = None
+        self._warm = warm
+        if warm:
+            self._spare = _Spare(self._threads(1))
 
     def capacity(self) -> int:
         self._limit = self._limit or self._capacity()
         return self._limit
 
+    def _threads(self, nproc: int) -> int:
+        return max(1, (os.cpu_count() or 1) // self.capacity()) // nproc
+
     def start(self, run_dir: str, resume: bool, nproc: int) -> JobHandle:
-        threads = max(1, (os.cpu_count() or 1) // self.capacity()) // nproc
+        threads = self._threads(nproc)
+        spare, self._spare = self._spare, None
+        if spare is not None and nproc == 1 and spare.threads == threads and spare.alive():
+            handle = _LocalHandle(run_dir, spare.hand(run_dir, resume))
+            self._spare = _Spare(threads)  # the next job finds one ready too
+            return handle
+        if spare is not None:
+            spare.close()
         proc = spawn(job_command(run_dir, resume, nproc), Run(run_dir).log_file, env=job_env(threads), append=True)
+        if self._warm:
+            self._spare = _Spare(self._threads(1))
         return _LocalHandle(run_dir, proc)
+
+    def close(self) -> None:
+        """End the spare (the dispatcher is leaving); jobs already handed out run on."""
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
 
     def recover(self, run_dir: str, pid: int | None, ref: str | None) -> JobHandle | None:
         return _LocalHandle(run_dir, pid=pid, started=ref) if pid_alive(pid, ref) else None
-
-
-def open_executor(name: str, local_capacity: Callable[[], int]) -> Executor:
-    """The executor called ``name``; UserError when it cannot be used here (Ray missing or unreachable)."""
-    if name == "local":
-        return LocalExecutor(local_capacity)
-    if name == "ray":
-        try:
-            from engine.jobs.ray_executor import RayExecutor
-        except ImportError as exc:
-            raise UserError(f"TS_EXECUTOR=ray but Ray is not installed here ({exc}); "
-                            "install it with `.venv/bin/pip install -r requirements-ray.txt`") from exc
-        return RayExecutor(ray_address())
-    raise UserError(f"unknown executor '{name}' (known: {', '.join(EXECUTORS)})")

@@ -29,8 +29,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.jobs.executors import (CANCEL_GRACE_S, Executor, JobHandle, LocalExecutor, executor_name, job_command,
-                                   open_executor)
+from engine.jobs.executors import CANCEL_GRACE_S, Executor, JobHandle, LocalExecutor, executor_name, job_command
+from engine.jobs.pool import ExecutorPool
 from engine.runs.run_dir import TERMINAL_STATES, Run, new_run
 from engine.jobs.tasks import engine_command, log_tail, pid_alive, process_start, spawn
 from engine.settings.audit import audit
@@ -38,7 +38,7 @@ from engine.settings.limits import check_disk_quota, check_free_disk, check_trai
 from engine.settings.profile import hosted
 from engine.workspace import home, workspace_id, workspace_of
 
-__all__ = ["queue_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
+__all__ = ["queue_new_run", "submit", "job_command", "CANCEL_GRACE_S", "cancel", "queue_position", "list_jobs",
            "check_can_queue", "queue_lock", "dispatch_forever", "ensure_dispatcher", "recover_interrupted",
            "resume_queue", "max_concurrent"]
 
@@ -145,7 +145,7 @@ def _active_jobs_here() -> int:
 
 
 def check_can_queue(config) -> None:
-    """Before a training run is queued (:func:`queue_run`): hosted ceilings, this workspace's
+    """Before a training run is queued (:func:`queue_new_run`): hosted ceilings, this workspace's
     queue and disk. ``config`` is a TrainConfig. Logs who queues what (a short workspace id, no token)."""
     check_training_ceilings(config.epochs, config.image_size)
     if hosted():
@@ -164,26 +164,11 @@ def check_can_queue(config) -> None:
     audit("queue", backbone=config.backbone, mode=config.mode, epochs=config.epochs, image_size=config.image_size)
 
 
-def queue_run(config, label: str | None = None) -> Run:
-    """Check what the user can fix, then create the run directory and queue it (the Train page and the CLI).
-
-    ``config`` is a :class:`engine.training.config.TrainConfig`. Raises
-    :class:`UserError` (or ``ImageProblem``) for an unknown backbone, pretrained
-    weights missing on this machine, or a dataset that does not load, before any
-    run directory exists.
-    """
-    from engine.data.dataset import load_dataset
-    from engine.models import get_spec
-    from engine.models import weights_available
-
+def queue_new_run(config, label: str | None = None) -> Run:
+    """Create a run directory for ``config`` (a :class:`TrainConfig`) and queue it, after the queue's own
+    checks (:func:`check_can_queue`). What the user can fix first (weights, dataset) is checked by
+    ``engine.workflow.queue_run``, the one entry the Train page and the CLI use."""
     check_can_queue(config)  # the hosted ceilings, this workspace's queue and disk quota
-    spec = get_spec(config.backbone)
-    if config.mode != "scratch":
-        ok, source = weights_available(spec)
-        if not ok:
-            raise UserError(f"the pretrained weights of {config.backbone} are not on this machine ({source}); "
-                            "pick an available backbone or train from scratch")
-    load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
     with queue_lock():  # the workspace clean-up never sees this run between its folder and its queue row
         run = new_run(label or f"{config.backbone}-{config.mode}")
         run.write_config(config.to_dict())
@@ -195,7 +180,7 @@ def queue_run(config, label: str | None = None) -> Run:
 def queue_lock() -> Iterator[None]:
     """The queue's lock, across processes and threads (re-entrant within one thread).
 
-    Held while a run's folder is created and queued (:func:`queue_run`, :func:`submit`) and by the
+    Held while a run's folder is created and queued (:func:`queue_new_run`, :func:`submit`) and by the
     workspace clean-up while it decides what to keep and deletes the rest, so a run submitted meanwhile
     is never deleted.
     """
@@ -301,8 +286,9 @@ def _start_path() -> Path:
     return home() / "dispatcher.start"
 
 
-def ensure_dispatcher() -> None:
-    """Start a dispatcher unless a live one holds the lock already.
+def ensure_dispatcher(resident: bool = False) -> None:
+    """Start a dispatcher unless a live one holds the lock already (``resident``: one that stays, with a
+    warm spare job process; see :func:`dispatch_forever`).
 
     A dispatcher that was just killed can still hold the lock for a moment (its
     last threads are exiting); then the new one waits for the lock instead of
@@ -316,14 +302,15 @@ def ensure_dispatcher() -> None:
             started = _start_path().read_text().strip() if _start_path().is_file() else None
             if holder.isdigit() and pid_alive(int(holder), started):
                 return  # one is running; it will pick the job up
-            _spawn_dispatcher(wait_for_lock=30.0)
+            _spawn_dispatcher(wait_for_lock=30.0, resident=resident)
             return
         fcntl.flock(lock, fcntl.LOCK_UN)
-    _spawn_dispatcher()
+    _spawn_dispatcher(resident=resident)
 
 
-def _spawn_dispatcher(wait_for_lock: float = 0.0) -> None:
-    spawn(engine_command("worker", "--wait-lock", str(wait_for_lock)), home() / "dispatcher.log", append=True)
+def _spawn_dispatcher(wait_for_lock: float = 0.0, resident: bool = False) -> None:
+    argv = ["worker", "--wait-lock", str(wait_for_lock), *(["--resident"] if resident else [])]
+    spawn(engine_command(*argv), home() / "dispatcher.log", append=True)
 
 
 def _start_job(job_id: int, run_dir: str, db: sqlite3.Connection, executor: Executor, resume: bool = False,
@@ -380,8 +367,13 @@ def _acquire(lock, wait_s: float) -> bool:
             time.sleep(0.1)
 
 
-def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_lock: float = 0.0) -> None:
-    """The dispatcher loop; returns after the queue has been empty for ``idle_exit_s``."""
+def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_lock: float = 0.0,
+                     resident: bool = False) -> None:
+    """The dispatcher loop; returns after the queue has been empty for ``idle_exit_s``.
+
+    ``resident`` (started with the app): it keeps a spare job process warm and looks at the queue every
+    0.2 s, so a queued job starts in well under a second; it stays for the model idle time
+    (``TS_MODEL_IDLE_MINUTES``) unless ``idle_exit_s`` is given."""
     lock = open(_lock_path(), "a")
     if not _acquire(lock, wait_for_lock):
         print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: another dispatcher holds the lock", flush=True)
@@ -389,8 +381,19 @@ def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_loc
     _start_path().write_text(process_start(os.getpid()) or "")
     _pid_path().write_text(str(os.getpid()))
     print(f"{time.strftime('%H:%M:%S')} dispatcher {os.getpid()}: started", flush=True)
-    executors = _Executors()
-    running = _recover(executors.recoverable())[1]
+    if resident:
+        poll_s = min(poll_s, 0.2)
+    executors = ExecutorPool(max_concurrent, warm=resident)
+    try:
+        _dispatch(lock, executors, idle_exit_s, poll_s)
+    finally:
+        executors.close()
+
+
+def _dispatch(lock, executors: ExecutorPool, idle_exit_s: float, poll_s: float) -> None:
+    with closing(_db()) as db:
+        names = {n for (n,) in db.execute("SELECT DISTINCT executor FROM jobs WHERE state='running'")}
+    running = _recover(executors.recoverable(names))[1]
     overdue: set[int] = set()  # jobs past the wall-clock cap, asked to stop
     idle_since = time.time()
     with closing(_db()) as db:
@@ -432,44 +435,3 @@ def dispatch_forever(idle_exit_s: float = 5.0, poll_s: float = 0.5, wait_for_loc
                     return  # a new dispatcher took over
                 idle_since = time.time()
             time.sleep(poll_s)
-
-
-class _Executors:
-    """The dispatcher's executors, opened on first use (connecting to Ray only when a job is queued for it)."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, Executor] = {}
-
-    def get(self, name: str) -> Executor:
-        if name not in self._open:
-            self._open[name] = open_executor(name, max_concurrent)
-        return self._open[name]
-
-    def recoverable(self) -> dict[str, Executor]:
-        """An executor for every kind of job now running (one that cannot be opened here finds none of them)."""
-        with closing(_db()) as db:
-            names = {n for (n,) in db.execute("SELECT DISTINCT executor FROM jobs WHERE state='running'")}
-        found: dict[str, Executor] = {}
-        for name in sorted(names):
-            try:
-                found[name] = self.get(name)
-            except UserError as exc:  # its jobs cannot be found again: they are marked interrupted
-                print(f"{time.strftime('%H:%M:%S')} dispatcher: {exc}", flush=True)
-                found[name] = _Unreachable(name, str(exc))
-        return found
-
-
-class _Unreachable:
-    """An executor that cannot be opened here: none of its jobs can be found again, none can start."""
-
-    def __init__(self, name: str, error: str) -> None:
-        self.name, self.error = name, error
-
-    def capacity(self) -> int:
-        return 0
-
-    def start(self, run_dir: str, resume: bool, nproc: int) -> JobHandle:
-        raise UserError(self.error)
-
-    def recover(self, run_dir: str, pid: int | None, ref: str | None) -> JobHandle | None:
-        return None

@@ -17,7 +17,7 @@ process group on its node after ``CANCEL_GRACE_S`` (:func:`enforce_cancel`), and
 the dispatcher kills the actor when even that has not worked. (``ray.cancel``
 cannot stop an actor's method, hence ``ray.kill``.)
 
-This module imports ray; :func:`engine.jobs.executors.open_executor` imports it
+This module imports ray; :func:`engine.jobs.pool.open_executor` imports it
 only when a job is queued for Ray.
 """
 from __future__ import annotations

@@ -1,25 +1,19 @@
-"""Read-only views of runs that the pages show: is a run settled, a one-line label,
+"""Read-only views of runs that the pages show: a one-line label,
 which runs can predict, and a sensible image size to suggest before training.
 """
 from __future__ import annotations
 
 from engine.data.builtin import BUILTIN_DATASETS
 from engine.models import get_spec
-from engine.runs.run_dir import TERMINAL_STATES, Run, list_runs
+from engine.runs.run_dir import Run, list_runs
 
-__all__ = ["run_settled", "run_label", "exported_runs", "suggest_image_size", "CPU_IMAGE_SIZE"]
+__all__ = ["run_label", "exported_runs", "suggest_image_size", "CPU_IMAGE_SIZE", "DEFAULT_BACKBONE"]
+
+# The backbone a new session starts with (the Backbone page changes it); ``setup`` prepares its feature graph.
+DEFAULT_BACKBONE = "mobilenet_v2"
 
 # On CPU, compute grows with the square of the side: 96 px costs about a fifth of 224 px.
 CPU_IMAGE_SIZE = {"builtin": 96, "folder": 128}
-
-
-def run_settled(run: Run) -> bool:
-    """True when nothing will change the run any more.
-
-    A queued job stays ``running`` through its ONNX export and writes a
-    terminal state once, so the state alone says it.
-    """
-    return run.status().get("state") in TERMINAL_STATES
 
 
 def run_label(run: Run) -> str:

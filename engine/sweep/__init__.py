@@ -2,16 +2,14 @@
 from engine.sweep.sweep import (
     MAX_BACKBONES,
     MIN_BACKBONES,
-    cancel_sweep,
     check_backbones,
     format_sweep,
     latest_sweep,
     pareto_front,
     recommend,
     run_sweep,
-    start_sweep,
-    sweep_status,
+    sweep_folder,
 )
 
-__all__ = ["MAX_BACKBONES", "MIN_BACKBONES", "cancel_sweep", "check_backbones", "format_sweep", "latest_sweep",
-           "pareto_front", "recommend", "run_sweep", "start_sweep", "sweep_status"]
+__all__ = ["MAX_BACKBONES", "MIN_BACKBONES", "check_backbones", "format_sweep", "latest_sweep",
+           "pareto_front", "recommend", "run_sweep", "sweep_folder"]

@@ -8,7 +8,7 @@ host (:func:`engine.features.latency.measure_latency`, cached). The result names
 Pareto front (no other backbone both more accurate and faster) and recommends in one
 sentence: the most accurate, and the fastest within one point of it.
 
-In the background (a page) it is a task (:func:`start_sweep`, :func:`sweep_status`);
+In the background (a page) it is a task (``engine.workflow.start_sweep`` in :func:`sweep_folder`);
 on the command line ``python -m engine sweep DATA --backbones a,b,c [--json]``.
 """
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 
 
 from engine.errors import UserError
-from engine.settings.limits import check_training_ceilings
 from engine.training.metrics import headline_scores
 
-__all__ = ["run_sweep", "recommend", "pareto_front", "format_sweep", "start_sweep", "sweep_status",
-           "latest_sweep", "cancel_sweep", "progress_writer", "check_backbones", "MIN_BACKBONES", "MAX_BACKBONES",
+__all__ = ["run_sweep", "recommend", "pareto_front", "format_sweep", "sweep_folder",
+           "latest_sweep_file", "latest_sweep", "progress_writer", "check_backbones", "MIN_BACKBONES", "MAX_BACKBONES",
            "ONE_POINT"]
 
 MIN_BACKBONES, MAX_BACKBONES = 2, 6
@@ -178,56 +177,22 @@ def _sweeps_dir() -> Path:
     return cache_dir() / "sweeps"
 
 
-def _folder(data: str, backbones: list[str], image_size: int) -> Path:
+def sweep_folder(data: str, backbones: list[str], image_size: int) -> Path:
     key = json.dumps({"data": str(data), "backbones": list(backbones), "size": int(image_size)}, sort_keys=True)
     return _sweeps_dir() / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _latest_file(data: str) -> Path:
+def latest_sweep_file(data: str) -> Path:
     return _sweeps_dir() / f"latest-{hashlib.sha256(str(data).encode()).hexdigest()[:16]}.json"
-
-
-def start_sweep(data: str, backbones: list[str], image_size: int = 224) -> tuple[Path, dict]:
-    """Check, then run the sweep as a background task (``python -m engine sweep``); poll :func:`sweep_status`."""
-    from engine.jobs.tasks import start_task
-    from engine.workspace import write_json_atomic
-
-    names = check_backbones(backbones)
-    check_training_ceilings(None, image_size)
-    folder = _folder(data, names, image_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    argv = ["sweep", str(data), "--backbones", ",".join(names), "--image-size", str(int(image_size)),
-            "--out", str(folder / "result.json"), "--progress-file", str(folder / "progress.json"), "--quiet"]
-    (folder / "progress.json").unlink(missing_ok=True)
-    task = start_task(folder, argv, info={"data": str(data), "backbones": names, "image_size": int(image_size)})
-    write_json_atomic(_latest_file(data), {"folder": str(folder)})
-    return folder, task
-
-
-def sweep_status(folder: Path) -> dict:
-    """``{"state", "error", "progress": {backbone: {done, total, stage}}, "result"}`` of the sweep in ``folder``."""
-    from engine.jobs.tasks import task_state
-    from engine.workspace import read_json
-
-    task = task_state(folder) or {}
-    return {"state": task.get("state"), "error": task.get("error"), "task": task,
-            "progress": read_json(folder / "progress.json") or {},
-            "result": read_json(folder / "result.json") if task.get("state") == "done" else None}
 
 
 def latest_sweep(data: str) -> Path | None:
     """The folder of the last sweep started on ``data`` (it survives a refresh), or None."""
     from engine.workspace import read_json
 
-    pointer = read_json(_latest_file(data)) or {}
+    pointer = read_json(latest_sweep_file(data)) or {}
     folder = Path(pointer["folder"]) if pointer.get("folder") else None
     return folder if folder is not None and folder.is_dir() else None
-
-
-def cancel_sweep(folder: Path) -> bool:
-    from engine.jobs.tasks import cancel_task
-
-    return cancel_task(folder)
 
 
 def progress_writer(path: Path, names: list[str], every_s: float = 0.5) -> Progress:

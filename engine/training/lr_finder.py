@@ -22,15 +22,13 @@ import torch
 
 from engine import workspace
 from engine.errors import UserError
-from engine.jobs.tasks import start_task
-from engine.settings.limits import check_training_ceilings
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
 from engine.training.freeze import param_groups
 from engine.training.loop import train_one_epoch
 from engine.training.runner import fit_head, prepare
 
-__all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "start_lr_find", "LR_RANGE"]
+__all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "LR_RANGE"]
 
 # The range swept, and so the range a suggestion (and the Train page's learning-rate input) can take.
 LR_RANGE = (1e-7, 1.0)
@@ -121,12 +119,3 @@ def lr_find_folder(config: TrainConfig) -> Path:
     return workspace.workspace_root() / "lr-find" / hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def start_lr_find(config: TrainConfig, steps: int = 100) -> tuple[Path, dict]:
-    """Run the sweep in its own process (pages must not train); poll with ``task_state``."""
-    check_training_ceilings(None, config.image_size)  # it trains at the form's size: the hosted ceiling holds
-    folder = lr_find_folder(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    workspace.write_json_atomic(folder / "config.json", config.to_dict())
-    argv = ["lr-find", "--config", str(folder / "config.json"), "--steps", str(steps),
-            "--out", str(folder / "result.json")]
-    return folder, start_task(folder, argv)

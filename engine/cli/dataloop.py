@@ -1,5 +1,5 @@
 """The data-loop subcommands of ``python -m engine``: ``label-issues``, ``relabel``, ``drop``, ``undo``,
-``corrections`` and ``bench labels``. :mod:`engine.cli` registers them with :func:`add_commands`.
+``corrections`` and ``bench labels``. :func:`engine.cli.build_parser` registers them with :func:`add_commands`.
 """
 from __future__ import annotations
 

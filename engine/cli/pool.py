@@ -1,5 +1,5 @@
 """The unlabelled-pool commands of ``python -m engine``: ``suggest`` and ``bench active``, and the summary
-line ``predict --run`` ends with. :mod:`engine.cli` registers them with :func:`add_commands`.
+line ``predict --run`` ends with. :func:`engine.cli.build_parser` registers them with :func:`add_commands`.
 """
 from __future__ import annotations
 
