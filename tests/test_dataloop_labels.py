@@ -147,6 +147,26 @@ def test_linear_probe_retrain_uses_the_corrected_labels(clean):
     assert resolved["classes"][labels[path]] == other
 
 
+def test_a_relabel_reuses_the_cached_features_with_the_new_label(clean):
+    from engine.features import split_features
+
+    dataset = load_dataset(clean)
+    before = split_features(dataset, "train", "mobilenet_v2", 32, dataset.classes)
+    path = before.paths[0]
+    other = next(c for c in dataset.classes if c != dataset.classes[before.labels[0]])
+    relabel(dataset, path, other)
+    corrected = load_dataset(clean)
+    assert corrected.fingerprint() != dataset.fingerprint()
+    after = split_features(corrected, "train", "mobilenet_v2", 32, corrected.classes)
+    assert after.cached and after.paths == before.paths
+    np.testing.assert_array_equal(after.features, before.features)
+    assert corrected.classes[after.labels[0]] == other
+    assert (after.labels[1:] == before.labels[1:]).all()
+    drop(corrected, before.paths[1])  # one image fewer: the split's features are computed again
+    fewer = split_features(load_dataset(clean), "train", "mobilenet_v2", 32, corrected.classes)
+    assert not fewer.cached and len(fewer) == len(before) - 1
+
+
 def _reviewed(at: AppTest) -> int:
     text = " ".join(str(m.value) for m in at.markdown)
     return int(re.search(r"(\d+) reviewed", text).group(1))

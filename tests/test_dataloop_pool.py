@@ -119,7 +119,7 @@ def test_strategies_pick_uncertain_and_spread_out_images():
 def test_batch_test_tells_a_shifted_batch_from_an_unshifted_one():
     import torch
 
-    from engine.dataloop.shift import batch_shift_test, reference_sample, shift_sentence
+    from engine.evaluation.shift import batch_shift_test, reference_sample, shift_sentence
     from engine.features import feature_extractor
 
     rng = np.random.default_rng(7)

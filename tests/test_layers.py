@@ -227,7 +227,6 @@ def test_analyser_catches_a_package_loop_and_an_upward_import(tmp_path):
 # Tolerated here only until those land: delete each line as its edge goes (an edge still listed after it
 # is gone fails test_pending_edges_still_exist, so the list cannot go stale).
 PENDING: set[tuple[str, str]] = {
-    ("engine.export.analyse", "engine.dataloop.shift"),
 }
 
 

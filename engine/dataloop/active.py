@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["STRATEGIES", "DEFAULT_STRATEGY", "select_batch", "margins", "unit_rows", "softmax_rows"]
+from engine.evaluation.ood import unit_rows
+
+__all__ = ["STRATEGIES", "DEFAULT_STRATEGY", "select_batch", "margins", "softmax_rows"]
 
 STRATEGIES = ("random", "margin", "kcenter", "margin-kcenter", "typical", "badge")
 # Chosen from `python -m engine bench active digits fashion-mnist fashion-mnist-imbalanced textures-224` (64 px,
@@ -29,11 +31,6 @@ STRATEGIES = ("random", "margin", "kcenter", "margin-kcenter", "typical", "badge
 # worse than random beyond the interval; margin alone fell behind on digits, k-center on Fashion-MNIST.
 DEFAULT_STRATEGY = "badge"
 MARGIN_POOL_FACTOR = 4
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OODReference", "build_reference", "load_reference", "OOD_K", "OOD_PERCENTILES", "OOD_FLAG_PERCENTILE",
-           "MAX_REFERENCE_IMAGES"]
+__all__ = ["OODReference", "unit_rows", "build_reference", "load_reference", "OOD_K", "OOD_PERCENTILES",
+           "OOD_FLAG_PERCENTILE", "MAX_REFERENCE_IMAGES"]
 
 OOD_K = 10
 OOD_PERCENTILES = (95, 99)
@@ -25,7 +25,8 @@ OOD_FLAG_PERCENTILE = 99
 MAX_REFERENCE_IMAGES = 10_000
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (cosine geometry; a zero row stays zero)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -38,7 +39,7 @@ class OODReference:
         from sklearn.neighbors import NearestNeighbors
 
         # Stored as float16 (the file stays small); scores use the same rounded features.
-        self.train_features = _unit(train_features).astype(np.float16).astype(np.float32)
+        self.train_features = unit_rows(train_features).astype(np.float16).astype(np.float32)
         self.k = int(min(k, len(self.train_features)))
         self.val_scores = np.asarray(val_scores, dtype=np.float32)
         self.flag_percentile = int(flag_percentile)
@@ -56,7 +57,7 @@ class OODReference:
         """Distance of each (unnormalised) feature row to its k-th nearest training feature."""
         if len(features) == 0:
             return np.zeros(0, np.float32)
-        distances, _ = self._index.kneighbors(_unit(features), n_neighbors=self.k)
+        distances, _ = self._index.kneighbors(unit_rows(features), n_neighbors=self.k)
         return distances[:, -1].astype(np.float32)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:

@@ -251,7 +251,7 @@ def _classify(run_dir: Path, classifier, files: list[tuple[str, bytes]], top_k: 
             record["unlike_training"] = bool(ood.flags(scores[i:i + 1])[0])
         result["rows"].append({"file": name, **record})
     if scores is not None:  # the whole batch against the training data (issue 20)
-        from engine.dataloop.shift import batch_test_against
+        from engine.evaluation.shift import batch_test_against
 
         result["batch_test"] = batch_test_against(ood, features)
     return result

@@ -1,8 +1,11 @@
 """A split's frozen features on disk, keyed by what they depend on.
 
-The key is the dataset's fingerprint, the split, and the backbone's key (its
-architecture, weights, input size and normalisation), so a second run, a second
-mode or a sweep over the same data reuses the features; any change recomputes them.
+The key is what the features depend on: the split's images (their paths and sizes,
+not their labels) and the backbone's key (its architecture, weights, input size and
+normalisation), so a second run, a second mode or a sweep over the same data reuses
+the features, and so does a relabelled version of the dataset (a correction from the
+label review would otherwise recompute every feature); the labels are read from the
+dataset each time. Adding, dropping or replacing an image recomputes the split.
 Images are decoded only when the features are not cached. A sample of rows across splits (the
 embedding map's) is :func:`rows_features`, keyed by the images' content hashes instead.
 """
@@ -20,7 +23,7 @@ from engine.data.tensors import decode_split, decoded_cache_problem, iter_decode
 from engine.features.extract import FeatureExtractor, backbone_key, feature_extractor
 from engine.workspace import atomic_path, cache_dir
 
-__all__ = ["FeatureSet", "split_features", "rows_features"]
+__all__ = ["FeatureSet", "split_features", "rows_features", "images_key"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -36,6 +39,24 @@ class FeatureSet:
         return len(self.labels)
 
 
+def images_key(dataset: Dataset, split: str) -> str:
+    """Hash of the images of ``split`` a feature depends on: paths and byte sizes, in order; no labels."""
+    rows = dataset.usable.loc[dataset.usable["split"] == split, ["path", "bytes"]].astype(str)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).values.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _current_labels(dataset: Dataset, split: str, paths: list[str], classes: list[str]) -> np.ndarray | None:
+    """The labels the dataset gives ``paths`` now, as indices into ``classes``; None if one is unknown."""
+    rows = dataset.usable[dataset.usable["split"] == split]
+    label_of = dict(zip(rows["path"].astype(str), rows["label"].astype(str)))
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        return np.array([index[label_of[p]] for p in paths], dtype=np.int64)
+    except KeyError:
+        return None
+
+
 def split_features(dataset: Dataset, split: str, backbone: str, size: int, classes: list[str],
                    extractor: FeatureExtractor | Callable[[int], FeatureExtractor] | None = None,
                    progress: Progress | None = None) -> FeatureSet:
@@ -46,11 +67,14 @@ def split_features(dataset: Dataset, split: str, backbone: str, size: int, class
     machine's device.
     """
     folder = cache_dir() / "features"
-    path = folder / f"{dataset.fingerprint()}-{split}-{backbone_key(backbone, size)}.npz"
+    path = folder / f"{images_key(dataset, split)}-{split}-{backbone_key(backbone, size)}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as blob:
-                return FeatureSet(blob["features"], blob["labels"], [str(p) for p in blob["paths"]], cached=True)
+                features, paths = blob["features"], [str(p) for p in blob["paths"]]
+            labels = _current_labels(dataset, split, paths, classes)
+            if labels is not None:
+                return FeatureSet(features, labels, paths, cached=True)
         except Exception:
             path.unlink(missing_ok=True)  # damaged: compute again
     decode_progress = (lambda d, t: progress(d, t, f"decode {split}")) if progress else None

@@ -5,7 +5,7 @@ the batch's L2-normalised pooled features and a reference sample of the training
 Gaussian kernel whose width is the median pairwise distance of the pooled sample. Its p-value comes
 from a permutation test (the batch/reference labels shuffled ``permutations`` times, seeded), so it
 assumes nothing about the features' distribution. The per-image flags (k-NN distance, calibrated
-on validation: :mod:`engine.evaluation.ood`) say which images; this test says whether the batch as a
+on validation: :mod:`engine.evaluation.ood`, beside it) say which images; this test says whether the batch as a
 whole comes from elsewhere, which a few flagged images by chance (1 % of in-distribution ones are)
 cannot tell.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.dataloop.active import unit_rows
+from engine.evaluation.ood import unit_rows
 
 __all__ = ["ShiftTest", "batch_shift_test", "batch_test_against", "reference_sample", "shift_sentence",
            "REFERENCE_SIZE", "ALPHA"]
