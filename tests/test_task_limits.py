@@ -58,6 +58,22 @@ def test_no_task_starts_below_the_free_disk_floor_and_nothing_is_written(tmp_pat
     assert not insight_folder("fashion-mnist", "mobilenet_v2").exists()
 
 
+def test_a_refused_sweep_or_lr_finder_leaves_no_folder(monkeypatch):
+    from engine.sweep.sweep import sweep_folder
+    from engine.training.config import TrainConfig
+    from engine.training.lr_finder import lr_find_folder
+    from engine.workflow import start_lr_find, start_sweep
+
+    monkeypatch.setenv("TS_MIN_FREE_DISK_MB", str(10**12))
+    with pytest.raises(UserError, match="TS_MIN_FREE_DISK_MB"):  # the Backbone page's sweep
+        start_sweep("fashion-mnist", ["mobilenet_v2", "efficientnet_lite0"], image_size=64)
+    assert not sweep_folder("fashion-mnist", ["mobilenet_v2", "efficientnet_lite0"], 64).exists()
+    config = TrainConfig(dataset="fashion-mnist", image_size=64)
+    with pytest.raises(UserError, match="TS_MIN_FREE_DISK_MB"):  # the Train page's LR finder
+        start_lr_find(config)
+    assert not lr_find_folder(config).exists()
+
+
 def test_a_backbone_name_from_the_url_is_checked_where_it_enters(capsys):
     forged = "mobilenet_v2\n2026-01-01 audit queue workspace=someone-else"
     with pytest.raises(UserError, match="unknown backbone"):

@@ -9,6 +9,7 @@ Every ``*_state`` returns the task's state (``running`` | ``done`` | ``failed`` 
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -79,6 +80,21 @@ def export_progress(run_dir: Path | str) -> str:
     return steps[-1][len("[export] "):] if steps else ""
 
 
+def _start_with_inputs(folder: Path, argv: list[str], inputs: dict[str, dict], **kwargs) -> dict:
+    """``start_task`` for a task whose input files go in its folder first: a start the limits refuse leaves
+    no folder behind when this call made it (the refusal comes after the inputs are written)."""
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in inputs.items():
+            write_json_atomic(folder / name, data)
+        return start_task(folder, argv, **kwargs)
+    except UserError:
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 # ---------------------------------------------------------------- LR finder
 
 def start_lr_find(config, steps: int = 100) -> tuple[Path, dict]:
@@ -87,10 +103,8 @@ def start_lr_find(config, steps: int = 100) -> tuple[Path, dict]:
 
     check_training_ceilings(None, config.image_size)  # it trains at the form's size: the hosted ceiling holds
     folder = lr_find_folder(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "config.json", config.to_dict())
     argv = ["lr-find", "--config", str(folder / "config.json"), "--steps", str(steps), "--out", str(folder / RESULT)]
-    return folder, start_task(folder, argv)
+    return folder, _start_with_inputs(folder, argv, {"config.json": config.to_dict()})
 
 
 def lr_find_state(config) -> tuple[dict | None, dict | None]:
@@ -112,7 +126,6 @@ def start_sweep(data: str, backbones: list[str], image_size: int = 224) -> tuple
     names = check_backbones(backbones)
     check_training_ceilings(None, image_size)
     folder = sweep_folder(data, names, image_size)
-    folder.mkdir(parents=True, exist_ok=True)
     argv = ["sweep", str(data), "--backbones", ",".join(names), "--image-size", str(int(image_size)),
             "--out", str(folder / RESULT), "--progress-file", str(folder / "progress.json"), "--quiet"]
     (folder / "progress.json").unlink(missing_ok=True)
