@@ -2,12 +2,16 @@
 
 Confident learning needs, for every labelled image, the model's belief about it from a model not fitted
 on its (possibly wrong) label. The regularisation is chosen once by the probe's own cross-validation on
-all images; then a probe with that setting is fitted on K-1 folds and scores the K-th, K times.
+all images; then a probe with that setting is fitted on K-1 folds and scores the K-th, K times. The
+out-of-fold logits are then temperature-scaled (one T minimising their NLL against the given labels): a
+probe on a few hundred images is strongly regularised and under-confident, one on thousands can be
+over-confident, and the label check compares these probabilities with a fixed cut-off.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from engine.evaluation.calibration import fit_temperature
 from engine.training.metrics import stratified_folds
 from engine.training.probe import fit_probe
 
@@ -35,8 +39,8 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_clas
     present = counts[counts > 0]
     k = int(max(2, min(folds, present.min() if len(present) else 2)))
     chosen = fit_probe(features, labels, num_classes, seed=seed)
-    probs = np.zeros((len(labels), num_classes))
+    logits = np.zeros((len(labels), num_classes))
     for train, held_out in stratified_folds(labels, k, seed):
         fit = fit_probe(features[train], labels[train], num_classes, C=chosen.C, scaling=chosen.scaling, seed=seed)
-        probs[held_out] = softmax(fit.logits(features[held_out]))
-    return probs
+        logits[held_out] = fit.logits(features[held_out])
+    return softmax(logits / fit_temperature(logits, labels)["temperature"])
