@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from engine.settings.limits import check_training_ceilings
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
 from engine.training.freeze import param_groups
-from engine.training.loop import train_one_epoch
+from engine.training.loop import LoopState, train_one_epoch
 from engine.training.runner import fit_head, prepare
 
 __all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "start_lr_find", "LR_RANGE"]
@@ -99,14 +100,12 @@ def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = LR_RANGE[0]
     finder = LRFinder(optimizer, steps, smoothing, diverge)
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 1)
+    batch_size = min(config.batch_size, len(p.y_train))
+    loop = LoopState(optimizer, scheduler, p.loss_fn, setup, spec.mean, spec.std, generator, aug_generator, scaler,
+                     callback=finder, sample_weights=p.sample_weights)
     try:
         while True:  # as many epochs as the sweep needs
-            train_one_epoch(model, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
-                            loss_fn=p.loss_fn, setup=setup, batch_size=min(config.batch_size, len(p.y_train)),
-                            augment=config.augment, mean=spec.mean, std=spec.std, generator=generator,
-                            aug_generator=aug_generator, scaler=scaler, callback=finder,
-                            sample_weights=p.sample_weights,
-                            freeze_norm=config.freeze_norm and config.mode != "scratch")
+            train_one_epoch(model, p.images_train, p.y_train, replace(config, batch_size=batch_size), loop)
     except CancelledByUser:
         pass
     result = {"lrs": finder.lrs, "losses": finder.losses, **suggest_lr(finder.lrs, finder.losses)}
