@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 
 from engine.bench.recipe import METHODS, bench_recipe, format_table, paired_difference
+from engine.bench.train import bench_epochs, format_epochs
+from engine.errors import UserError
 
 
 def test_paired_difference_counts_only_the_images_where_the_two_disagree():
@@ -33,3 +35,27 @@ def test_bench_recipe_compares_every_method_on_the_same_images(shapes_dir):
         assert c["accuracy_points_ci95"] is not None  # the paired interval: both scored the same images
     table = format_table([result])
     assert "probe/logreg" in table and "±" in table
+
+
+def test_an_unknown_variant_is_one_clear_line(shapes_dir):
+    with pytest.raises(UserError, match="unknown variant"):
+        bench_recipe(str(shapes_dir), methods=("reference",), variants=("bn-sideways",), progress=lambda m: None)
+
+
+@pytest.mark.slow
+def test_each_variant_is_one_more_fine_tune_scored_against_the_reference(shapes_dir):
+    result = bench_recipe(str(shapes_dir), image_size=32, methods=("reference",), epochs=1,
+                          variants=("bn-adapt", "bn-train"), progress=lambda m: None)
+    assert [r["method"] for r in result["rows"]] == ["finetune:bn-adapt", "finetune:bn-train", "reference"]
+    for name in ("finetune:bn-adapt/reference", "finetune:bn-train/reference"):
+        assert result["comparisons"][name]["accuracy_points_ci95"] is not None
+
+
+@pytest.mark.slow
+def test_bench_train_sets_the_products_epochs_beside_the_references(shapes_dir):
+    result = bench_epochs("mobilenet_v2", dataset=str(shapes_dir), image_size=32, epochs=2, batch_size=8,
+                          progress=lambda m: None)
+    assert [r["epoch"] for r in result["product"]] == [1, 2] == [r["epoch"] for r in result["reference"]]
+    for row in result["product"] + result["reference"]:
+        assert row["images_per_s"] > 0 and row["cpu_seconds"] > 0
+    assert "product/ref" in format_epochs(result)

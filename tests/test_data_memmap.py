@@ -11,7 +11,8 @@ from engine.data.tensors import decode_split, decoded_bytes, decoded_cache_probl
 from engine.errors import UserError
 from engine.features import split_features
 from engine.device import resolve_device
-from engine.training.loop import evaluate, train_one_epoch
+from engine.training.config import TrainConfig
+from engine.training.loop import LoopState, evaluate, train_one_epoch
 
 from conftest import make_shapes_dataset
 
@@ -86,10 +87,10 @@ def test_training_and_evaluation_read_batches_from_the_map(shapes):
     model = create_model("mobilenet_v2", len(shapes.classes), pretrained=False, image_size=SIZE)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    stats = train_one_epoch(model, train_t.images, train_t.labels, optimizer=optimizer, scheduler=None,
-                            loss_fn=torch.nn.CrossEntropyLoss(), setup=setup, batch_size=8, augment="light",
-                            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), generator=torch.Generator().manual_seed(0),
-                            max_steps=2)
+    state = LoopState(optimizer, None, torch.nn.CrossEntropyLoss(), setup, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                      torch.Generator().manual_seed(0))
+    config = TrainConfig(dataset="unused", mode="full", batch_size=8, augment="light")
+    stats = train_one_epoch(model, train_t.images, train_t.labels, config, state, max_steps=2)
     assert np.isfinite(stats["train_loss"])
     out = evaluate(model, val_t.images, val_t.labels, setup=setup, batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert out["logits"].shape == (len(val_t), len(shapes.classes))

@@ -6,6 +6,8 @@ underlying module are the same code whatever the backbone.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -14,7 +16,7 @@ from engine.models import TransferModel
 from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext
 from engine.device import resolve_device
-from engine.training.loop import evaluate, train_one_epoch
+from engine.training.loop import LoopState, evaluate, train_one_epoch
 from engine.training.runner import _wrap
 
 pytestmark = pytest.mark.slow  # torch.compile takes half a minute even on the tiny backbone
@@ -40,10 +42,10 @@ def test_compiled_model_trains_and_matches_its_eager_module():
     assert net is not model and hasattr(net, "_orig_mod")  # really compiled
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
     before = evaluate(model, images, labels, setup=setup, batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3)
+    state = LoopState(optimizer, None, nn.CrossEntropyLoss(), setup, (0.5,) * 3, (0.25,) * 3,
+                      torch.Generator().manual_seed(0))
     for _ in range(4):
-        stats = train_one_epoch(net, images, labels, optimizer=optimizer, scheduler=None, loss_fn=nn.CrossEntropyLoss(),
-                                setup=setup, batch_size=8, augment="none", mean=(0.5,) * 3, std=(0.25,) * 3,
-                                generator=torch.Generator().manual_seed(0))
+        stats = train_one_epoch(net, images, labels, replace(config, batch_size=8, augment="none"), state)
     after = evaluate(model, images, labels, setup=setup, batch_size=8, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert after["val_loss"] < before["val_loss"]
     assert after["val_acc"] == 1.0

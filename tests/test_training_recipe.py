@@ -15,7 +15,7 @@ from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
 from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
 from engine.device import resolve_device
-from engine.training.loop import train_one_epoch
+from engine.training.loop import LoopState, train_one_epoch
 from engine.training.lr_finder import find_lr
 from engine.training.runner import resume, train
 
@@ -39,9 +39,10 @@ def test_frozen_batchnorm_stats_survive_a_partial_epoch():
     images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 3, (24,))
     opt = torch.optim.AdamW(param_groups(model, 1e-2, 0.1, 0.0, "partial"))
-    train_one_epoch(model, images, labels, optimizer=opt, scheduler=None, loss_fn=torch.nn.CrossEntropyLoss(),
-                    setup=resolve_device("cpu"), batch_size=8, augment="light", mean=(0.5,) * 3, std=(0.25,) * 3,
-                    generator=torch.Generator().manual_seed(0), max_steps=2)
+    config = TrainConfig(dataset="unused", mode="partial", batch_size=8, augment="light", freeze_norm=False)
+    state = LoopState(opt, None, torch.nn.CrossEntropyLoss(), resolve_device("cpu"), (0.5,) * 3, (0.25,) * 3,
+                      torch.Generator().manual_seed(0))
+    train_one_epoch(model, images, labels, config, state, max_steps=2)
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, frozen_bn))
     assert all(torch.equal(a, b) for a, b in zip(frozen_w, [p for s in model.frozen_stages for p in s.parameters()]))
     # ...while the trainable stages' statistics did move (so the check above can fail).

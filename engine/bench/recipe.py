@@ -26,6 +26,7 @@ from torch import nn
 
 from engine.data.dataset import load_dataset
 from engine.data.tensors import decode_split
+from engine.errors import UserError
 from engine.features import split_features
 from engine.models import create_model, get_spec
 from engine.runs import Run
@@ -33,9 +34,23 @@ from engine.training.config import TrainConfig
 from engine.training.metrics import headline_scores
 from engine.training.runner import train
 
-__all__ = ["bench_recipe", "reference_finetune", "format_table", "paired_difference", "METHODS"]
+__all__ = ["bench_recipe", "reference_finetune", "format_table", "paired_difference", "METHODS", "VARIANTS"]
 
 METHODS = ("probe", "logreg", "finetune", "reference")
+# One piece of the fine-tune recipe changed at a time (TrainConfig fields), each scored against the reference:
+# ``--variants bn-adapt,bn-train,...`` adds a ``finetune:NAME`` row per variant.
+VARIANTS: dict[str, dict] = {
+    "bn-frozen": {"freeze_norm": True, "adapt_norm": False},  # pretrained statistics, kept
+    "bn-adapt": {"freeze_norm": True, "adapt_norm": True},  # re-estimated on the training images, then kept
+    "bn-train": {"freeze_norm": False, "adapt_norm": False},  # batch statistics while training
+    "lr-0.1": {"backbone_lr_mult": 0.1},
+    "lr-0.3": {"backbone_lr_mult": 0.3},
+    "lr-1": {"backbone_lr_mult": 1.0},
+    "aug-none": {"augment": "none"},
+    "aug-light": {"augment": "light"},
+    "aug-strong": {"augment": "strong"},
+    "no-warmup": {"head_warmup": False},
+}
 
 
 def _scores(y_true, y_pred) -> dict:
@@ -64,8 +79,11 @@ def paired_difference(a: dict, b: dict) -> tuple[float, float] | None:
 
 def reference_finetune(train_images: torch.Tensor, train_labels: torch.Tensor, eval_images: torch.Tensor,
                        eval_labels: torch.Tensor, num_classes: int, backbone: str, epochs: int,
-                       batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> dict:
-    """The plain fine-tune script: every layer trains, one LR, one-cycle schedule."""
+                       batch_size: int = 32, lr: float = 1e-3, seed: int = 0, epoch_seconds: list | None = None,
+                       epoch_cpu_seconds: list | None = None) -> dict:
+    """The plain fine-tune script: every layer trains, one LR, one-cycle schedule. ``epoch_seconds`` and
+    ``epoch_cpu_seconds``, when given, receive each epoch's wall and CPU seconds (``bench train`` sets them
+    beside the product's)."""
     from torch.utils.data import DataLoader, TensorDataset
     from torchvision.transforms import v2
 
@@ -87,6 +105,7 @@ def reference_finetune(train_images: torch.Tensor, train_labels: torch.Tensor, e
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     for _ in range(epochs):
+        started, cpu_started = time.perf_counter(), time.process_time()
         model.train()
         for x, y in loader:
             loss = loss_fn(model(x), y)
@@ -94,6 +113,10 @@ def reference_finetune(train_images: torch.Tensor, train_labels: torch.Tensor, e
             loss.backward()
             optimizer.step()
             scheduler.step()
+        if epoch_seconds is not None:
+            epoch_seconds.append(time.perf_counter() - started)
+        if epoch_cpu_seconds is not None:
+            epoch_cpu_seconds.append(time.process_time() - cpu_started)
     model.eval()
     preds = []
     with torch.no_grad():
@@ -113,8 +136,10 @@ class _Clock:
         return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu}
 
 
-def _product(data: str, mode: str, size: int, backbone: str, workdir: Path, epochs: int | None) -> dict:
-    config = TrainConfig(dataset=data, backbone=backbone, mode=mode, image_size=size, epochs=epochs)
+def _product(data: str, mode: str, size: int, backbone: str, workdir: Path, epochs: int | None,
+             overrides: dict | None = None) -> dict:
+    config = TrainConfig(dataset=data, backbone=backbone, mode=mode, image_size=size, epochs=epochs,
+                         **(overrides or {}))
     run = Run(workdir / f"{mode}-{time.time_ns()}")
     run.path.mkdir(parents=True)
     run.write_config(config.to_dict())
@@ -125,8 +150,12 @@ def _product(data: str, mode: str, size: int, backbone: str, workdir: Path, epoc
 
 
 def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2", methods=METHODS,
-                 epochs: int | None = None, progress=print) -> dict:
-    """Every method on ``data``; returns ``{"dataset", "rows": [{method, accuracy, ..., seconds}], ...}``."""
+                 epochs: int | None = None, progress=print, variants=()) -> dict:
+    """Every method on ``data``; returns ``{"dataset", "rows": [{method, accuracy, ..., seconds}], ...}``.
+    ``variants``: names from :data:`VARIANTS`, each one more product fine-tune (``finetune:NAME``)."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise UserError(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
     dataset = load_dataset(data)
     classes = dataset.classes
     held_out = "test" if dataset.has_test else "val"
@@ -149,7 +178,7 @@ def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2
                 rows.append({"method": "logreg", **clock.read(), "epochs": None,
                              **_scores(f_eval.labels, clf.predict(f_eval.features))})
         fine_epochs = int(epochs or TrainConfig(dataset=data, mode="full").epochs or 1)
-        if "finetune" in methods or "reference" in methods:
+        if "finetune" in methods or "reference" in methods or variants:
             # Decoded once before either clock starts: both fine-tunes read the same decode cache, so
             # neither pays for the first decode of the dataset.
             for split in ("train", held_out):
@@ -157,6 +186,10 @@ def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2
         if "finetune" in methods:
             progress(f"{data}: product fine-tune ({fine_epochs} epochs)")
             rows.append({"method": "finetune", **_product(data, "full", image_size, backbone, workdir, fine_epochs)})
+        for name in variants:
+            progress(f"{data}: product fine-tune, variant {name} {VARIANTS[name]} ({fine_epochs} epochs)")
+            rows.append({"method": f"finetune:{name}",
+                         **_product(data, "full", image_size, backbone, workdir, fine_epochs, VARIANTS[name])})
         if "reference" in methods:
             progress(f"{data}: plain reference fine-tune ({fine_epochs} epochs)")
             clock = _Clock()
@@ -168,7 +201,8 @@ def bench_recipe(data: str, image_size: int = 128, backbone: str = "mobilenet_v2
                          **scores})
     by = {r["method"]: r for r in rows}
     ratios = {}
-    for product, baseline in (("probe", "logreg"), ("finetune", "reference")):
+    pairs = [("probe", "logreg"), ("finetune", "reference")] + [(f"finetune:{v}", "reference") for v in variants]
+    for product, baseline in pairs:
         if product in by and baseline in by:
             a, b = by[product], by[baseline]
             paired = paired_difference(a, b)

@@ -10,10 +10,19 @@ Both measurements run in the same process on the same model and optimiser
 real/synthetic is the share of the model's speed the data path keeps (target >= 0.8).
 Weights are random by default: throughput does not depend on weight values, and
 most backbones' pretrained weights are not available offline.
+
+Then, with ``epochs`` (default 3), whole epochs: the product's ``train(mode="full")`` (its
+defaults, its loop, run-directory writes and all; images/s of each epoch's training pass,
+from metrics.jsonl) against the plain reference script's epochs
+(:func:`engine.bench.recipe.reference_finetune`, a ``DataLoader`` over the same decoded
+images, same size and batch), one after the other in the same process, per epoch, wall and
+CPU seconds. Both must hold their speed from the first epoch to the last.
 """
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +33,7 @@ from engine.models import create_model, get_spec
 from engine.training.augment import augment_batch, normalize
 from engine.device import resolve_device
 
-__all__ = ["bench_train", "format_report"]
+__all__ = ["bench_train", "bench_epochs", "format_report", "format_epochs"]
 
 
 def _step_fn(model, optimizer, loss_fn, setup):
@@ -103,6 +112,62 @@ def bench_train(backbones: list[str], *, image_size: int = 96, steps: int = 10, 
     return [bench_one(name, images=images, labels=labels, num_classes=len(data.classes), image_size=image_size,
                       steps=steps, batch_size=batch_size, setup=setup, pretrained=pretrained)
             for name in backbones]
+
+
+def bench_epochs(backbone: str, *, dataset: str = "fashion-mnist", image_size: int = 96, epochs: int = 3,
+                 batch_size: int = 32, progress=print) -> dict:
+    """Per-epoch images/s of the product's fine-tune and of the reference script, on the same data."""
+    from engine.bench.recipe import reference_finetune
+    from engine.runs import Run
+    from engine.training.config import TrainConfig
+    from engine.training.runner import train
+
+    data = load_dataset(dataset)
+    train_t = decode_split(data, "train", image_size, data.classes)  # both read the decoded cache
+    val_t = decode_split(data, "val", image_size, data.classes)
+    n = len(train_t.labels)
+    config = TrainConfig(dataset=dataset, backbone=backbone, mode="full", image_size=image_size, epochs=epochs,
+                         batch_size=batch_size)
+    progress(f"product fine-tune: {epochs} epochs of {n} images")
+    with tempfile.TemporaryDirectory(prefix="bench-epochs-") as tmp:
+        run = Run(Path(tmp) / "run")
+        run.path.mkdir()
+        run.write_config(config.to_dict())
+        train(config, run)
+        product = [{"epoch": m["epoch"], "seconds": m["train_seconds"], "cpu_seconds": m["train_cpu_seconds"],
+                    "images_per_s": m["images_per_s"]} for m in run.metrics()]
+    progress(f"reference script: {epochs} epochs of {n} images")
+    wall: list[float] = []
+    cpu: list[float] = []
+    reference_finetune(train_t.images, train_t.labels, val_t.images[:batch_size], val_t.labels[:batch_size],
+                       len(data.classes), backbone, epochs, batch_size=batch_size, epoch_seconds=wall,
+                       epoch_cpu_seconds=cpu)
+    # The reference drops the last partial batch, as the product does: both train on the same count.
+    steps = (n // batch_size) * batch_size
+    reference = [{"epoch": i + 1, "seconds": round(w, 3), "cpu_seconds": round(c, 3),
+                  "images_per_s": round(steps / w, 1)} for i, (w, c) in enumerate(zip(wall, cpu))]
+    return {"dataset": dataset, "backbone": backbone, "image_size": image_size, "batch_size": batch_size,
+            "images": n, "device": str(resolve_device(config.device, config.amp).device),
+            "product": product, "reference": reference}
+
+
+def _trend(rows: list[dict]) -> float:
+    """Last epoch's images/s over the first's (1.0: no slow-down)."""
+    return rows[-1]["images_per_s"] / rows[0]["images_per_s"] if rows and rows[0]["images_per_s"] else float("nan")
+
+
+def format_epochs(result: dict) -> str:
+    lines = [f"whole epochs on {result['dataset']} ({result['images']} training images, {result['image_size']} px, "
+             f"batch {result['batch_size']}, {result['backbone']}, product on {result['device']}, reference on cpu):",
+             f"{'epoch':<7}{'product img/s':>15}{'reference img/s':>17}{'product/ref':>13}"
+             f"{'product CPU s':>15}{'reference CPU s':>17}"]
+    for p, r in zip(result["product"], result["reference"]):
+        ratio = p["images_per_s"] / r["images_per_s"]
+        lines.append(f"{p['epoch']:<7}{p['images_per_s']:>15}{r['images_per_s']:>17}{ratio:>13.2f}"
+                     f"{p['cpu_seconds']:>15.1f}{r['cpu_seconds']:>17.1f}")
+    lines.append(f"last/first epoch images/s: product {_trend(result['product']):.2f}, "
+                 f"reference {_trend(result['reference']):.2f}")
+    return "\n".join(lines)
 
 
 def format_report(rows: list[dict]) -> str:

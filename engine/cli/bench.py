@@ -17,11 +17,16 @@ __all__ = ["add_commands", "cmd_bench_train", "cmd_bench_recipe", "cmd_bench_sca
 
 
 def cmd_bench_train(args) -> int:
-    from engine.bench.train import bench_train, format_report
+    from engine.bench.train import bench_epochs, bench_train, format_epochs, format_report
 
     rows = bench_train(args.backbone, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
                        dataset=args.data, device=args.device, amp=args.amp, pretrained=args.pretrained)
-    print(json.dumps(rows, indent=2) if args.json else format_report(rows))
+    print(json.dumps(rows, indent=2) if args.json else format_report(rows), flush=True)
+    if args.epochs:
+        epochs = bench_epochs(args.backbone[0], dataset=args.data, image_size=args.image_size, epochs=args.epochs,
+                              batch_size=args.batch_size,
+                              progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+        print(json.dumps(epochs, indent=2) if args.json else format_epochs(epochs))
     return 0
 
 
@@ -35,7 +40,7 @@ def cmd_bench_recipe(args) -> int:
     results = []
     for data in args.data:
         results.append(bench_recipe(data, image_size=args.image_size, backbone=args.backbone, methods=methods,
-                                    epochs=args.epochs,
+                                    epochs=args.epochs, variants=[v for v in args.variants.split(",") if v],
                                     progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)))
         if not args.json:
             print(format_table(results[-1:]), flush=True)
@@ -118,6 +123,8 @@ def add_commands(sub) -> argparse._SubParsersAction:
     p.add_argument("--amp", default="auto")
     p.add_argument("--pretrained", action="store_true",
                    help="load pretrained weights (throughput does not depend on them)")
+    p.add_argument("--epochs", type=int, default=3, help="then whole epochs of the product's fine-tune and of "
+                   "the reference script, images/s per epoch (0: skip)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_train)
 
@@ -129,6 +136,8 @@ def add_commands(sub) -> argparse._SubParsersAction:
     p.add_argument("--methods", default="probe,logreg,finetune,reference",
                    help="comma-separated subset of probe,logreg,finetune,reference")
     p.add_argument("--epochs", type=int, help="fine-tune epochs for both (default: the product's)")
+    p.add_argument("--variants", default="", help="comma-separated recipe variants, one more fine-tune each "
+                   "(engine/bench/recipe.py VARIANTS: bn-adapt, bn-train, lr-0.1, lr-1, aug-none, aug-strong, ...)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_recipe)
 

@@ -182,6 +182,68 @@ def _build_textures_224(dest: Path) -> None:
                 Image.fromarray(crop).resize((224, 224), Image.Resampling.BILINEAR).save(folder / f"{name}_{i:02d}.png")
 
 
+GARMENT_CLASSES = [0, 2, 4, 6, 3, 8]  # T-shirt_top, Pullover, Coat, Shirt, Dress, Bag: the first four look alike
+GARMENT_TRAIN = [560, 350, 230, 150, 90, 60]  # 9x between the largest and the smallest class
+GARMENT_BACKGROUNDS = ("brick", "grass", "gravel", "moon")
+GARMENT_SIZE = 224
+
+
+def _garment_scene(item: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One 224 px greyscale scene: a 28 px Fashion-MNIST garment, upscaled 4-7.5x and rotated, laid at a random
+    place and contrast (brighter or darker) on a random crop of a texture photograph (its contrast damped,
+    its brightness shifted), then blurred and noised."""
+    from PIL import ImageFilter
+
+    # A crop of 160 px or more (the validation regions are only 205 px tall), resized to 224.
+    side = int(rng.integers(160, min(background.shape) + 1))
+    top = int(rng.integers(0, background.shape[0] - side + 1))
+    left = int(rng.integers(0, background.shape[1] - side + 1))
+    bg = Image.fromarray(background[top : top + side, left : left + side]).resize(
+        (GARMENT_SIZE, GARMENT_SIZE), Image.Resampling.BILINEAR)
+    scene = np.asarray(bg, dtype=np.float32)
+    scene = (scene - scene.mean()) * rng.uniform(0.4, 0.8) + rng.uniform(90, 160)  # texture contrast damped
+    span = int(rng.integers(112, 209))
+    mask = Image.fromarray(item).resize((span, span), Image.Resampling.BILINEAR).rotate(
+        float(rng.uniform(-25, 25)), resample=Image.Resampling.BILINEAR)
+    alpha = np.zeros((GARMENT_SIZE, GARMENT_SIZE), dtype=np.float32)
+    y, x = (int(v) for v in rng.integers(0, GARMENT_SIZE - span + 1, size=2))
+    alpha[y : y + span, x : x + span] = np.asarray(mask, dtype=np.float32) / 255.0
+    tone = rng.uniform(200, 255) if rng.random() < 0.5 else rng.uniform(0, 50)
+    strength = rng.uniform(0.55, 0.9)  # the garment never fully hides the texture
+    scene = scene * (1 - strength * alpha) + tone * strength * alpha
+    scene = np.asarray(Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0)))), dtype=np.float32)
+    scene += rng.normal(0, rng.uniform(4, 12), scene.shape)
+    return np.clip(scene, 0, 255).astype(np.uint8)
+
+
+@register_builtin(
+    "garments-224",
+    "Hard and far from ImageNet: 2,160 greyscale 224 px scenes of six Fashion-MNIST garments (T-shirt, "
+    "pullover, coat, shirt, dress, bag; the first four look alike), each upscaled 4-7.5x, rotated, laid at a "
+    "random place and partial contrast on a crop of a texture photograph (brick, grass, gravel, moon surface), "
+    "blurred and noised; imbalanced 560/350/230/150/90/60 training scenes and half as many for validation. "
+    "Validation garments come from Fashion-MNIST's test split and their backgrounds from the bottom 40 % of "
+    "each photograph (training: the official training split, the top 60 %), so no garment or pixel is in both",
+)
+def _build_garments_224(dest: Path) -> None:
+    # Deterministic: one seeded generator draws the garments, photographs, placements and noise in order.
+    from skimage import data
+
+    arrays = _fashion_mnist_arrays()
+    rng = np.random.default_rng(19)
+    photos = [getattr(data, name)() for name in GARMENT_BACKGROUNDS]
+    for split, source, counts in (("train", "train", GARMENT_TRAIN), ("val", "test", [n // 2 for n in GARMENT_TRAIN])):
+        images, labels = arrays[source]
+        regions = [p[: int(p.shape[0] * 0.6)] if split == "train" else p[int(p.shape[0] * 0.6):] for p in photos]
+        for index, count in zip(GARMENT_CLASSES, counts):
+            folder = dest / split / FASHION_MNIST_CLASSES[index]
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in sorted(rng.choice(np.flatnonzero(labels == index), size=count, replace=False)):
+                region = regions[int(rng.integers(len(regions)))]
+                Image.fromarray(_garment_scene(images[i], region, rng)).save(folder / f"{i:05d}.png")
+
+
 @register_builtin("digits", "scikit-learn digits: 1,797 handwritten digits, 8x8 greyscale, 10 classes")
 def _build_digits(dest: Path) -> None:
     from sklearn.datasets import load_digits

@@ -77,7 +77,7 @@ def _features_and_logits(model, images: torch.Tensor, mean, std, say=None, what=
 def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = None,
                  n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Score the run's best weights on its validation split; write and return ``evaluation.json``."""
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
     started = time.time()

@@ -22,7 +22,7 @@ _MODELS: IdleCache[object] = IdleCache(idle_seconds, max_entries=1)  # one model
 
 
 def _model_for(run: Run):
-    from engine.training.runner import load_checkpoint_model
+    from engine.training.checkpoint import load_checkpoint_model
 
     return _MODELS.get(str(run.best_checkpoint.resolve()), run.best_checkpoint.stat().st_mtime,
                        lambda: load_checkpoint_model(run.best_checkpoint))

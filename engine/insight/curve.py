@@ -133,7 +133,8 @@ def scratch_baseline(dataset, backbone: str, size: int, sizes: list[int], epochs
     from engine.data.tensors import decode_split
     from engine.models import create_model, get_spec
     from engine.device import resolve_device
-    from engine.training.loop import evaluate, train_one_epoch
+    from engine.training.config import TrainConfig
+    from engine.training.loop import LoopState, evaluate, train_one_epoch
 
     classes = dataset.classes
     train = decode_split(dataset, "train", size, classes)
@@ -151,10 +152,11 @@ def scratch_baseline(dataset, backbone: str, size: int, sizes: list[int], epochs
         steps = epochs * max(1, len(labels) // batch_size)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.2)
         generator = torch.Generator().manual_seed(seed)
+        config = TrainConfig(dataset=str(dataset.root), backbone=backbone, mode="scratch", augment="light",
+                             batch_size=min(batch_size, len(labels)))
+        state = LoopState(optimizer, scheduler, torch.nn.CrossEntropyLoss(), setup, spec.mean, spec.std, generator)
         for _ in range(epochs):
-            train_one_epoch(model, images, labels, optimizer=optimizer, scheduler=scheduler,
-                            loss_fn=torch.nn.CrossEntropyLoss(), setup=setup, batch_size=min(batch_size, len(labels)),
-                            augment="light", mean=spec.mean, std=spec.std, generator=generator)
+            train_one_epoch(model, images, labels, config, state)
         acc = evaluate(model, val.images, val.labels, setup=setup, batch_size=64, mean=spec.mean,
                        std=spec.std)["val_acc"]
         rows.append({"per_class": int(n), "images": int(len(labels)), "epochs": epochs, "mean": float(acc),

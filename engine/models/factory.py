@@ -24,6 +24,8 @@ __all__ = ["TransferModel", "create_model"]
 class TransferModel(nn.Module):
     """Pretrained backbone that returns pooled features, then a linear head."""
 
+    frozen_stages: list[nn.Module]  # set by the training freeze policy: stages kept in eval mode
+
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.2,
                  family: str | None = None):
         super().__init__()

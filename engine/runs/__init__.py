@@ -8,6 +8,6 @@ evaluation and export can read and write a run without reaching up to the job qu
 
 The queue that trains runs and the background tasks live one floor up, in :mod:`engine.jobs`.
 """
-from engine.runs.run_dir import TERMINAL_STATES, Run, list_runs, new_run
+from engine.runs.run_dir import TERMINAL_STATES, Resolved, Run, list_runs, new_run
 
-__all__ = ["Run", "new_run", "list_runs", "TERMINAL_STATES"]
+__all__ = ["Run", "Resolved", "new_run", "list_runs", "TERMINAL_STATES"]

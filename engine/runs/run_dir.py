@@ -18,14 +18,46 @@ import json
 import os
 import secrets
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from engine.errors import UserError
 from engine.workspace import read_json, runs_dir, write_json_atomic
 
-__all__ = ["Run", "new_run", "list_runs", "TERMINAL_STATES"]
+__all__ = ["Run", "Resolved", "new_run", "list_runs", "TERMINAL_STATES"]
 
 TERMINAL_STATES = {"done", "failed", "cancelled", "interrupted"}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What training resolved from the config before its first step (config.json's ``"resolved"``): the
+    one definition of those keys, written by the trainer and read by evaluation, export and the benches."""
+    image_size: int
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    device: str = "cpu"
+    amp: str = "off"
+    channels_last: bool = False
+    num_train: int = 0
+    num_val: int = 0
+    num_test: int = 0
+    world_size: int = 1
+    threads: int | None = None
+    dataset_name: str | None = None
+    dataset_fingerprint: str | None = None
+    dataset_version: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Resolved":
+        """Known keys only: a run written by an older or newer version still reads."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class Run:
@@ -57,6 +89,13 @@ class Run:
         if cfg is None:
             raise UserError(f"'{self.path}' is not a run directory (no config.json)")
         return cfg
+
+    def resolved(self) -> Resolved:
+        """What training resolved (image size, classes, normalisation, device...), typed."""
+        resolved = self.config().get("resolved")
+        if not resolved:
+            raise UserError(f"run '{self.id}' has not started training yet (nothing resolved in its config.json)")
+        return Resolved.from_dict(resolved)
 
     def status(self) -> dict:
         return read_json(self.status_file, default={"state": "unknown"})

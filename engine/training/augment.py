@@ -11,6 +11,7 @@ batches and turn labels into soft targets (``mix_batch``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 __all__ = ["AUGMENT_PRESETS", "augment_batch", "normalize", "mix_batch", "trivial_augment"]
 
 # scale: area fraction range of the random resized crop; jitter: colour strength.
-AUGMENT_PRESETS = {
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "none": {"scale": None, "flip": False, "jitter": 0.0, "trivial": False},
     "light": {"scale": (0.6, 1.0), "flip": True, "jitter": 0.1, "trivial": False},
     "strong": {"scale": (0.25, 1.0), "flip": True, "jitter": 0.2, "trivial": True},

@@ -64,6 +64,8 @@ class TrainConfig:
     # batch norm to them moves every feature the warm-started head was fitted on.
     freeze_norm: bool = _opt(True, "fine-tunes keep the pretrained batch-norm statistics (their weights "
                              "still train); scratch mode never does")
+    adapt_norm: bool = _opt(False, "fine-tunes first re-estimate the batch-norm statistics on the training images "
+                            "(un-augmented), then fit the head warm-up on the adapted features")
     # The last two trade accuracy for minority-class recall; eval.json shows both metrics either way.
     # Validating costs a forward pass over val/ per epoch; when val/ is larger than train/ (few-shot
     # data) that costs more than the training itself, and a cosine schedule ends on its best epoch anyway.

@@ -5,11 +5,15 @@ policy never touches the training code.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
 from torch import nn
 
 from engine.models.factory import TransferModel
 
-__all__ = ["apply_freeze_policy", "param_groups", "set_train_mode", "gradual_stages", "trainable_stages"]
+__all__ = ["apply_freeze_policy", "param_groups", "set_train_mode", "gradual_stages", "trainable_stages",
+           "adapt_batch_norm"]
 
 
 def _set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -83,12 +87,42 @@ def set_train_mode(model: TransferModel, freeze_norm: bool = False) -> None:
                 module.eval()
 
 
+@torch.no_grad()
+def adapt_batch_norm(model: TransferModel, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every backbone batch-norm layer's running statistics on ``batches`` (normalised,
+    un-augmented training images), as AdaBN does; weights are untouched. Returns the layers reset.
+
+    The statistics become the plain average of the batches' statistics (``momentum=None``, as
+    ``torch.optim.swa_utils.update_bn``), not a moving estimate that forgets the first batches. Done
+    before the head warm-up, the head is fitted on the features the fine-tune starts from.
+    """
+    norms = [m for m in model.backbone.modules() if isinstance(m, _BATCH_NORMS)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for x in batches:
+            model.backbone(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            m.eval()
+        model.train(was_training)
+    return len(norms)
+
+
 def _lr_layers(model: TransferModel, lr: float, backbone_lr: float, layer_decay: float):
     """(params, lr) pairs: head at ``lr``; the last stage at ``backbone_lr``, each earlier
     stage ``layer_decay`` times slower; backbone params outside the stages at the lowest."""
     stages = model.stages()
     layers = [(list(model.head.parameters()), lr)]
-    seen = set()
+    seen: set[int] = set()
     for depth, stage in enumerate(reversed(stages)):
         params = [p for p in stage.parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
@@ -115,7 +149,8 @@ def param_groups(model: TransferModel, lr: float, backbone_lr_mult: float, weigh
     include_frozen = mode == "gradual"
     groups = []
     for params, group_lr in _lr_layers(model, lr, backbone_lr, layer_decay):
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for p in params:
             if p.requires_grad or include_frozen:
                 (no_decay if p.ndim <= 1 else decay).append(p)

@@ -6,23 +6,30 @@ so the GPU paths (autocast, channels_last) are exercised by the CPU tests too.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.device import DeviceSetup
+from engine.models.factory import TransferModel
 from engine.training.augment import augment_batch, normalize
 from engine.training.callbacks import Callback, CancelledByUser
+from engine.training.config import TrainConfig
+from engine.training.distributed import DistContext
 from engine.training.freeze import set_train_mode
 
-__all__ = ["unwrap", "train_one_epoch", "evaluate"]
+__all__ = ["unwrap", "LoopState", "train_one_epoch", "evaluate", "backbone_features", "clean_batches"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The TransferModel inside torch.compile / DistributedDataParallel wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -40,68 +47,77 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle
         yield order[start : start + batch_size]
 
 
-def train_one_epoch(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    loss_fn: nn.Module,
-    setup: DeviceSetup,
-    batch_size: int,
-    augment: str,
-    mean,
-    std,
-    generator: torch.Generator,
-    aug_generator: torch.Generator | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    callback: Callback | None = None,
-    mix=None,
-    dist_ctx=None,
-    max_steps: int | None = None,
-    sample_weights: torch.Tensor | None = None,
-    freeze_norm: bool = False,
-) -> dict:
-    """One epoch over ``images``. ``model`` may be a DDP/compiled wrapper around a
-    TransferModel; ``dist_ctx`` shards every global batch of ``batch_size`` across ranks;
-    ``mix(x, y) -> (x, soft_y)`` is MixUp/CutMix; ``sample_weights`` (per image) draws
-    batches with replacement in proportion to them (the class-balanced sampler);
-    ``freeze_norm`` keeps batch-norm statistics fixed (see ``set_train_mode``)."""
-    set_train_mode(unwrap(model), freeze_norm=freeze_norm)
-    total_loss, correct, seen = 0.0, 0, 0
+Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LoopState:
+    """What the epoch loop works with besides the config: built once per run, reused every epoch.
+
+    ``mix(x, y) -> (x, soft_y)`` is MixUp/CutMix; ``dist_ctx`` shards every global batch across
+    ranks; ``sample_weights`` (per image) draws batches with replacement in proportion to them
+    (the class-balanced sampler); ``mean``/``std`` are the backbone's normalisation.
+    """
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: nn.Module
+    setup: DeviceSetup
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    generator: torch.Generator
+    aug_generator: torch.Generator | None = None
+    scaler: torch.amp.GradScaler | None = None
+    callback: Callback | None = None
+    mix: Mix | None = None
+    dist_ctx: DistContext | None = None
+    sample_weights: torch.Tensor | None = None
+
+
+def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                    state: LoopState, max_steps: int | None = None) -> dict:
+    """One epoch over ``images`` at ``config``'s batch size and augmentation. ``model`` may be a
+    DDP/compiled wrapper around a TransferModel. Batch-norm statistics stay fixed unless the
+    config trains them (``freeze_norm``; scratch mode always trains them: see ``set_train_mode``)."""
+    setup, callback, dist_ctx, batch_size = state.setup, state.callback, state.dist_ctx, config.batch_size
+    set_train_mode(cast(TransferModel, unwrap(model)), freeze_norm=config.freeze_norm and config.mode != "scratch")
+    # Sums stay on the device: one .item() per step would make the host wait for every step on a GPU.
+    total_loss = torch.zeros((), device=setup.device)
+    correct = torch.zeros((), device=setup.device, dtype=torch.long)
+    seen = 0
     steps = max(1, len(labels) // batch_size) if len(labels) >= batch_size else 1
     if max_steps is not None:
         steps = min(steps, max_steps)
-    for step, idx in enumerate(_batches(len(labels), batch_size, generator, shuffle=True, drop_last=True,
-                                                  sample_weights=sample_weights)):
+    order = _batches(len(labels), batch_size, state.generator, shuffle=True, drop_last=True,
+                     sample_weights=state.sample_weights)
+    for step, idx in enumerate(order):
         if step >= steps:
             break
         if dist_ctx is not None:
             idx = dist_ctx.shard(idx)
         # A split too large for the device stays in host memory (or on disk, memory-mapped): copy each batch over.
         idx = idx.to(images.device)
-        x = augment_batch(images[idx].to(setup.device, non_blocking=True), augment, aug_generator)
+        x = augment_batch(images[idx].to(setup.device, non_blocking=True), config.augment, state.aug_generator)
         y = labels[idx]
         target = y
-        if mix is not None:
-            x, target = mix(x, y)
-        x = setup.prepare(normalize(x, mean, std))
+        if state.mix is not None:
+            x, target = state.mix(x, y)
+        x = setup.prepare(normalize(x, state.mean, state.std))
         with setup.autocast():
             logits = model(x)
-            loss = loss_fn(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = state.loss_fn(logits.float(), target)
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+            state.optimizer.step()
+        if state.scheduler is not None:
+            state.scheduler.step()
+        loss = loss.detach()
+        total_loss += loss * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         stop = False
         if callback is not None:
@@ -112,9 +128,30 @@ def train_one_epoch(
             stop = dist_ctx.any(stop)  # every rank leaves at the same step, or DDP hangs
         if stop:
             raise CancelledByUser()
+    sums = [total_loss.item(), float(correct.item()), float(seen)]
     if dist_ctx is not None:
-        total_loss, correct, seen = dist_ctx.mean([total_loss, correct, seen])
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        sums = dist_ctx.mean(sums)
+    return {"train_loss": sums[0] / max(sums[2], 1), "train_acc": sums[1] / max(sums[2], 1)}
+
+
+def clean_batches(images: torch.Tensor, *, setup: DeviceSetup, batch_size: int, mean, std):
+    """``images`` in order, normalised and un-augmented, one device batch at a time."""
+    for idx in _batches(len(images), batch_size, None, shuffle=False, drop_last=False):
+        yield setup.prepare(normalize(images[idx.to(images.device)].to(setup.device, non_blocking=True), mean, std))
+
+
+@torch.no_grad()
+def backbone_features(model: nn.Module, images: torch.Tensor, *, setup: DeviceSetup, batch_size: int, mean,
+                      std) -> torch.Tensor:
+    """The pooled backbone features of un-augmented ``images`` (eval mode), as float on the CPU:
+    what the head warm-up fits on when the backbone is no longer the pretrained one (adapted norms)."""
+    net = cast(TransferModel, unwrap(model))
+    net.eval()
+    out = []
+    for x in clean_batches(images, setup=setup, batch_size=batch_size * 2, mean=mean, std=std):
+        with setup.autocast():
+            out.append(net.backbone(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
 
 
 @torch.no_grad()

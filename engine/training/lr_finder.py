@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from engine.errors import UserError
 from engine.training.callbacks import Callback, CancelledByUser
 from engine.training.config import TrainConfig
 from engine.training.freeze import param_groups
-from engine.training.loop import train_one_epoch
+from engine.training.loop import LoopState, train_one_epoch
 from engine.training.runner import fit_head, prepare
 
 __all__ = ["LRFinder", "find_lr", "suggest_lr", "lr_find_folder", "LR_RANGE"]
@@ -85,6 +86,7 @@ def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = LR_RANGE[0]
         raise UserError("the linear probe is fitted to convergence and has no learning rate to find; "
                         "the LR finder is for the fine-tune modes")
     p = prepare(config)
+    assert p.images_train is not None  # a fine-tune mode decodes its images (only the probe reads features)
     if config.mode in ("partial", "gradual", "full") and config.head_warmup:
         fit_head(p, Callback())  # the sweep starts where training starts
     model, setup, spec = p.model, p.setup, p.spec
@@ -97,14 +99,12 @@ def find_lr(config: TrainConfig, steps: int = 100, start_lr: float = LR_RANGE[0]
     finder = LRFinder(optimizer, steps, smoothing, diverge)
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=setup.device).manual_seed(config.seed + 1)
+    batch_size = min(config.batch_size, len(p.y_train))
+    loop = LoopState(optimizer, scheduler, p.loss_fn, setup, spec.mean, spec.std, generator, aug_generator, scaler,
+                     callback=finder, sample_weights=p.sample_weights)
     try:
         while True:  # as many epochs as the sweep needs
-            train_one_epoch(model, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
-                            loss_fn=p.loss_fn, setup=setup, batch_size=min(config.batch_size, len(p.y_train)),
-                            augment=config.augment, mean=spec.mean, std=spec.std, generator=generator,
-                            aug_generator=aug_generator, scaler=scaler, callback=finder,
-                            sample_weights=p.sample_weights,
-                            freeze_norm=config.freeze_norm and config.mode != "scratch")
+            train_one_epoch(model, p.images_train, p.y_train, replace(config, batch_size=batch_size), loop)
     except CancelledByUser:
         pass
     result = {"lrs": finder.lrs, "losses": finder.losses, **suggest_lr(finder.lrs, finder.losses)}

@@ -22,24 +22,20 @@ from engine.features import feature_extractor, split_features
 from engine.errors import UserError
 from engine.models import TransferModel, create_model, get_spec
 from engine.models.registry import BackboneSpec
-from engine.runs import Run
+from engine.runs import Resolved, Run
 from engine.training.callbacks import Callback, CancelledByUser, Fanout, RunDirCallback
-from engine.training.checkpoint import (CHECKPOINT_FORMAT, load_checkpoint_model, read_checkpoint, save_checkpoint,
-                                       software_versions)
+from engine.training.checkpoint import read_checkpoint, save_checkpoint, software_versions
 from engine.training.config import TrainConfig
 from engine.training.augment import mix_batch
 from engine.training.distributed import DistContext, init_distributed
-from engine.training.freeze import apply_freeze_policy, param_groups, trainable_stages
+from engine.training.freeze import adapt_batch_norm, apply_freeze_policy, param_groups, trainable_stages
 from engine.device import DeviceSetup, resolve_device
-from engine.training.loop import evaluate, train_one_epoch
+from engine.training.loop import LoopState, backbone_features, clean_batches, evaluate, train_one_epoch
 from engine.training.metrics import classification_report
 from engine.training.probe import fit_probe
 from engine.training.state import EarlyStopping, TrainingState, warmup_cosine
 
-# load_checkpoint_model and CHECKPOINT_FORMAT live in engine.training.checkpoint; named here too while
-# branches written against the old home land (issue 18).
-__all__ = ["train", "resume", "load_checkpoint_model", "prepare", "Prepared", "fit_head", "probe_features",
-           "validation_every", "CHECKPOINT_FORMAT"]
+__all__ = ["train", "resume", "prepare", "Prepared", "fit_head", "probe_features", "validation_every"]
 
 def _set_threads(config: TrainConfig) -> None:
     """Threads: the config's, else the OMP_NUM_THREADS the job queue gave this worker."""
@@ -174,17 +170,15 @@ def prepare(config: TrainConfig, cb: Callback | None = None, dist_ctx: DistConte
             dist_ctx.barrier()
     if len(labels["train"]) == 0 or len(labels["val"]) == 0:
         raise UserError("no usable images in the training or validation split; check the dataset on the Dataset page")
-    cfg_record = config.to_dict() | {
-        "resolved": {"image_size": size, "device": str(setup.device),
-                     "amp": str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else "off",
-                     "channels_last": setup.channels_last, "classes": classes,
-                     "num_train": len(labels["train"]), "num_val": len(labels["val"]),
-                     "num_test": len(labels["test"]) if "test" in labels else 0, "world_size": dist_ctx.world,
-                     "threads": torch.get_num_threads(),
-                     "dataset_name": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
-                     "dataset_version": version_label(dataset.root),
-                     "mean": list(spec.mean), "std": list(spec.std), "versions": software_versions()}
-    }
+    resolved = Resolved(image_size=size, device=str(setup.device),
+                        amp=str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else "off",
+                        channels_last=setup.channels_last, classes=classes,
+                        num_train=len(labels["train"]), num_val=len(labels["val"]),
+                        num_test=len(labels["test"]) if "test" in labels else 0, world_size=dist_ctx.world,
+                        threads=torch.get_num_threads(), dataset_name=dataset.name,
+                        dataset_fingerprint=dataset.fingerprint(), dataset_version=version_label(dataset.root),
+                        mean=list(spec.mean), std=list(spec.std), versions=software_versions())
+    cfg_record = config.to_dict() | {"resolved": resolved.to_dict()}
     apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=0, every=config.gradual_every)
     model.to(setup.device)
     if setup.channels_last:
@@ -245,7 +239,7 @@ def validation_every(config: TrainConfig, num_train: int, num_val: int) -> int:
     return max(1, math.ceil(10 * num_val / (3 * max(num_train, 1))))
 
 
-def fit_head(p: Prepared, cb: Callback) -> dict:
+def fit_head(p: Prepared, cb: Callback, adapted: bool = False) -> dict:
     """Fit the head as the converged linear probe on frozen, un-augmented features.
 
     The linear mode's whole training, and the fine-tune modes' head warm-up (LP-FT,
@@ -254,11 +248,17 @@ def fit_head(p: Prepared, cb: Callback) -> dict:
     """
     config = p.config
     cb.on_stage("probe", "fitting the linear head on frozen features (regularisation by cross-validation)")
-    feats = probe_features(p.dataset, "train", config.backbone, p.size, p.classes, p.setup, p.model, cb)
-    fit = fit_probe(feats.features, feats.labels, len(p.classes), balance=config.balance, seed=config.seed)
+    if adapted and p.images_train is not None:  # the backbone's norms moved: the cached features are stale
+        features = backbone_features(p.model, p.images_train, setup=p.setup, batch_size=config.batch_size,
+                                     mean=p.spec.mean, std=p.spec.std).numpy()
+        labels = p.y_train.cpu().numpy()
+    else:
+        feats = probe_features(p.dataset, "train", config.backbone, p.size, p.classes, p.setup, p.model, cb)
+        features, labels = feats.features, feats.labels
+    fit = fit_probe(features, labels, len(p.classes), balance=config.balance, seed=config.seed)
     fit.load_into(p.model.head)
-    logits = torch.from_numpy(fit.logits(feats.features))
-    y = torch.from_numpy(feats.labels)
+    logits = torch.from_numpy(fit.logits(features))
+    y = torch.from_numpy(labels)
     return {"train_loss": nn.functional.cross_entropy(logits, y).item(),
             "train_acc": (logits.argmax(1) == y).float().mean().item(), "probe": fit.summary()}
 
@@ -345,6 +345,9 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
             return mix_batch(x, y, config.mix, len(classes), config.mix_alpha)
 
     state = TrainingState(optimizer, scheduler, scaler, generator, aug_generator, EarlyStopping(config.patience))
+    loop = LoopState(optimizer, scheduler, p.loss_fn, setup, spec.mean, spec.std, generator, aug_generator, scaler,
+                     callback=cb, mix=mix, dist_ctx=dist_ctx if dist_ctx.enabled else None,
+                     sample_weights=p.sample_weights)
     if resume:
         blob = read_checkpoint(run.last_checkpoint, setup.device)
         apply_freeze_policy(model, config.mode, config.unfreeze_stages, epoch=int(blob["epoch"]),
@@ -357,8 +360,13 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
         cb.on_resume(state.epoch)
     start_epoch = state.epoch + 1
 
+    adapted = not resume and config.mode in ("partial", "gradual", "full") and config.adapt_norm
+    if adapted:
+        cb.on_stage("norm", "re-estimating batch-norm statistics on the training images")
+        adapt_batch_norm(model, clean_batches(p.images_train, setup=setup, batch_size=config.batch_size,
+                                              mean=spec.mean, std=spec.std))
     if not resume and config.mode in ("partial", "gradual", "full") and config.head_warmup:
-        fit_head(p, cb)
+        fit_head(p, cb, adapted=adapted)
     open_stages = trainable_stages(model, config.mode, config.unfreeze_stages, start_epoch - 1, config.gradual_every)
     net = _wrap(model, config, setup, dist_ctx)
     every = validation_every(config, len(p.y_train), len(p.y_val))
@@ -374,19 +382,18 @@ def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, r
                 apply_freeze_policy(model, config.mode, epoch=epoch - 1, every=config.gradual_every)
                 net = _wrap(model, config, setup, dist_ctx)  # DDP must see the new trainable set
                 open_stages = now_open
-        stats = train_one_epoch(net, p.images_train, p.y_train, optimizer=optimizer, scheduler=scheduler,
-                                loss_fn=p.loss_fn, setup=setup, batch_size=config.batch_size,
-                                augment=config.augment, mean=spec.mean, std=spec.std, generator=generator,
-                                aug_generator=aug_generator, scaler=scaler, callback=cb, mix=mix,
-                                dist_ctx=dist_ctx if dist_ctx.enabled else None, sample_weights=p.sample_weights,
-                                freeze_norm=config.freeze_norm and config.mode != "scratch")
+        cpu0 = time.process_time()
+        stats = train_one_epoch(net, p.images_train, p.y_train, config, loop)
+        train_s, train_cpu_s = time.time() - t0, time.process_time() - cpu0
         val = None
         if epoch % every == 0 or epoch == config.num_epochs:
             val = evaluate(model, p.images_val, p.y_val, setup=setup, batch_size=config.batch_size,
                            mean=spec.mean, std=spec.std)
         seconds = time.time() - t0
+        # images/s is the training pass's (as a plain script's epoch is); seconds include validation.
         record = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-                  "images_per_s": round(len(p.y_train) / seconds, 1) if seconds > 0 else None}
+                  "train_seconds": round(train_s, 3), "train_cpu_seconds": round(train_cpu_s, 3),
+                  "images_per_s": round(len(p.y_train) / train_s, 1) if train_s > 0 else None}
         if val is not None:
             record.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
         if config.mode == "gradual":
