@@ -19,6 +19,7 @@ if os.environ.get("TS_SKIP_RAY"):
 import ray  # noqa: E402  (no importorskip: `make test` installs it, a missing ray is a failure)
 
 from engine.runs import TERMINAL_STATES, new_run  # noqa: E402
+from engine.workflow import run_settled  # noqa: E402
 from engine.jobs import queue as jobs  # noqa: E402
 from engine.jobs.ray_executor import RAY_NAMESPACE, job_resources  # noqa: E402
 from engine.jobs.tasks import kill_group, pid_alive  # noqa: E402
@@ -134,7 +135,7 @@ def test_a_job_runs_on_ray_to_the_end_and_a_cancel_stops_another(ray_cluster):
     assert long.config_file.is_file() and long.last_checkpoint.is_file() and long.metrics()  # run dir intact
     assert "epoch 1" in long.log_file.read_text()  # the job's output went to its run dir from the Ray worker
 
-    _wait(lambda: quick.status()["state"] in TERMINAL_STATES, 400)
+    _wait(lambda: run_settled(quick), 400)  # "done", then the evaluation and export follow-up
     status = quick.status()
     assert status["state"] == "done", status
     assert quick.metrics() and quick.evaluation()["accuracy"] > 0.5

@@ -386,6 +386,7 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
     """One visitor, start to end; what it saw, for the isolation and correctness checks."""
     from engine.hosting.workspaces import workspace_for_token
     from engine.runs import Run
+    from engine.workflow import run_settled
 
     out: dict = {"session": index, "classes": data.classes, "ok": False}
     t = bench.timeout_ms
@@ -430,7 +431,8 @@ async def _real_session(bench: Bench, browser, url: str, index: int, data: Sessi
         out["step"] = "watch the run"
         # Watch it: the runs table and the live Train page, as a visitor waiting for a result would.
         deadline = time.time() + run_timeout_s
-        while run.status().get("state") not in _TERMINAL:
+        # Until the run is settled: "done" comes first, then the evaluation and the export the Predict page needs.
+        while not run_settled(run):
             if time.time() > deadline:
                 raise TimeoutError(f"run {run_id} did not finish in {run_timeout_s:.0f} s")
             await _visit(bench, page, "real", "Runs", index)
