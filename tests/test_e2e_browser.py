@@ -92,6 +92,8 @@ def test_train_predict_download_in_browser(server, workspace_home):
             assert page.locator("code", has_text="done").count() >= 1
             assert "done" in sidebar.inner_text()
             _shot(page, "3-train")
+            # The figures come first; the evaluation and export follow and the page says when they are in.
+            page.get_by_text("Exported to ONNX and checked against PyTorch").wait_for(timeout=300_000)
 
             _goto(page, "Runs")
             _shot(page, "4-runs")
