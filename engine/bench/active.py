@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from engine.data.dataset import load_dataset
-from engine.dataloop.active import DEFAULT_STRATEGY, STRATEGIES, select_batch, softmax_rows
+from engine.dataloop.active import DEFAULT_STRATEGY, STRATEGIES, select_batch
+from engine.evaluation.calibration import softmax
 from engine.features import split_features
 from engine.training.probe import fit_probe
 
@@ -56,7 +57,7 @@ def simulate(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_
         mask = np.ones(len(train_y), bool)
         mask[labelled] = False
         unlabelled = np.flatnonzero(mask)
-        probs = softmax_rows(probe.logits(train_x[unlabelled]))
+        probs = softmax(probe.logits(train_x[unlabelled]))
         picked = select_batch(strategy, train_x, labelled, unlabelled, probs, batch, seed=seed * 1000 + r)
         labelled = np.concatenate([labelled, picked])
     return curve

@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.evaluation.ood import unit_rows
 
-__all__ = ["STRATEGIES", "DEFAULT_STRATEGY", "select_batch", "margins", "softmax_rows"]
+__all__ = ["STRATEGIES", "DEFAULT_STRATEGY", "select_batch", "margins"]
 
 STRATEGIES = ("random", "margin", "kcenter", "margin-kcenter", "typical", "badge", "typical-margin")
 # Chosen from `python -m engine bench active digits fashion-mnist fashion-mnist-imbalanced textures-224` (64 px,
@@ -34,14 +34,6 @@ STRATEGIES = ("random", "margin", "kcenter", "margin-kcenter", "typical", "badge
 DEFAULT_STRATEGY = "badge"
 MARGIN_POOL_FACTOR = 4
 SWITCH_PER_CLASS = 4
-
-
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    """Row softmax of a probe's logits (the probabilities the strategies read)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def margins(probs: np.ndarray) -> np.ndarray:

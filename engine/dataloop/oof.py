@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.evaluation.calibration import fit_temperature
+from engine.evaluation.calibration import fit_temperature, softmax
 from engine.training.metrics import stratified_folds
 from engine.training.probe import fit_probe
 
-__all__ = ["out_of_fold_probabilities", "softmax"]
+__all__ = ["out_of_fold_probabilities"]
 
 DEFAULT_FOLDS = 5
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -43,4 +36,4 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_clas
     for train, held_out in stratified_folds(labels, k, seed):
         fit = fit_probe(features[train], labels[train], num_classes, C=chosen.C, scaling=chosen.scaling, seed=seed)
         logits[held_out] = fit.logits(features[held_out])
-    return softmax(logits / fit_temperature(logits, labels)["temperature"])
+    return softmax(logits, fit_temperature(logits, labels)["temperature"])

@@ -23,7 +23,8 @@ import numpy as np
 
 from engine.data.dataset import Dataset
 from engine.data.images import IMAGE_SUFFIXES, ImageProblem, load_rgb, resize_center_crop
-from engine.dataloop.active import DEFAULT_STRATEGY, select_batch, softmax_rows
+from engine.dataloop.active import DEFAULT_STRATEGY, select_batch
+from engine.evaluation.calibration import softmax
 from engine.errors import UserError
 from engine.features import FeatureSet, feature_extractor, split_features
 from engine.features.extract import backbone_key
@@ -198,7 +199,7 @@ class LabelLoop:
         # Diversity is measured against everything labelled: the training split and the confirmed pool images.
         feats = np.concatenate([pool, train.features])
         labelled = np.concatenate([done_rows, len(pool) + np.arange(len(train))]).astype(np.int64)
-        probs_open = softmax_rows(probe.logits(pool[open_rows]))
+        probs_open = softmax(probe.logits(pool[open_rows]))
         picked = select_batch(strategy, feats, labelled, open_rows, probs_open, k, seed=seed)
         position = {int(r): j for j, r in enumerate(open_rows)}
         out = []
