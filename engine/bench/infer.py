@@ -67,9 +67,9 @@ def _ensure_models(run: Run, model: torch.nn.Module, size: int, workdir: Path, s
     from engine.export.variants import variant_path
     from engine.training.augment import normalize
 
-    config = run.config()
+    config, resolved = run.config(), run.resolved()
     paths = {}
-    native = size == config["resolved"]["image_size"]
+    native = size == resolved.image_size
     for v in ("fp32", "int8", "fp16"):
         p = variant_path(run, v)
         if native and p.is_file():
@@ -80,8 +80,8 @@ def _ensure_models(run: Run, model: torch.nn.Module, size: int, workdir: Path, s
         onnx_export(model, torch.randn(2, 3, size, size), paths["fp32"])
     if "int8" not in paths:
         say(f"quantising int8 at {size} px for the benchmark (calibrated on 64 training images)")
-        train = load_split(config, "train", size, config["resolved"]["classes"])
-        mean, std = config["resolved"]["mean"], config["resolved"]["std"]
+        train = load_split(config, "train", size, resolved.classes)
+        mean, std = resolved.mean, resolved.std
         paths["int8"] = workdir / "model.int8.onnx"
         quantize_int8(paths["fp32"], paths["int8"], normalize(train.images[:64], mean, std).numpy())
     return paths
@@ -107,7 +107,8 @@ def bench_infer(
         raise UserError(f"run '{run.id}' has no trained weights yet; train it first")
     if iters < 1 or batch < 1:
         raise UserError("--iters and --batch must be at least 1")
-    size = int(image_size or config["resolved"]["image_size"])
+    resolved = run.resolved()
+    size = int(image_size or resolved.image_size)
     if not 16 <= size <= 1024:
         raise UserError(f"image size must be between 16 and 1024 px, got {size}")
     threads = int(threads or os.cpu_count() or 1)
@@ -119,8 +120,8 @@ def bench_infer(
     x1 = rng.standard_normal((1, 3, size, size)).astype(np.float32)
     xb = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     parity = read_json(run.export_dir / "parity.json", default={}) or {}
-    accuracy = {v: r.get("accuracy") for v, r in (parity.get("variants") or {}).items()} if size == config[
-        "resolved"]["image_size"] else {}
+    native = size == resolved.image_size
+    accuracy = {v: r.get("accuracy") for v, r in (parity.get("variants") or {}).items()} if native else {}
 
     rows = []
 

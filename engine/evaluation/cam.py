@@ -5,10 +5,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.models import TransferModel
+
 __all__ = ["target_layer", "grad_cam", "overlay"]
 
 
-def target_layer(model: nn.Module) -> nn.Module:
+def target_layer(model: TransferModel) -> nn.Module:
     """The last backbone stage that produces a spatial map (where Grad-CAM is usually taken)."""
     for stage in reversed(model.stages()):
         if isinstance(stage, nn.ParameterList):
@@ -19,7 +21,7 @@ def target_layer(model: nn.Module) -> nn.Module:
     raise ValueError("the model has no backbone stage to take an activation map from")
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndarray:
+def grad_cam(model: TransferModel, x: torch.Tensor, targets: list[int]) -> np.ndarray:
     """Grad-CAM heatmaps in [0, 1], one per target class, at the input's resolution.
 
     ``x`` is one normalised image ``(1, 3, S, S)``. captum's ``LayerGradCam`` weights the

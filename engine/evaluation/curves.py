@@ -67,6 +67,6 @@ def threshold_curve(confidence: np.ndarray, correct: np.ndarray, steps: int = 10
 def threshold_point(curve: dict, threshold: float) -> dict:
     """The curve's values at the nearest threshold at or below ``threshold``."""
     t = np.asarray(curve["threshold"])
-    i = int(max(0, np.searchsorted(t, threshold + 1e-9, side="right") - 1))
+    i = max(0, int(np.searchsorted(t, threshold + 1e-9, side="right")) - 1)
     return {"threshold": float(t[i]), "coverage": curve["coverage"][i], "precision": curve["precision"][i],
             "answered": curve["answered"][i]}

@@ -20,7 +20,7 @@ from engine.evaluation.curves import overfitting, threshold_curve
 from engine.evaluation.metrics import BOOTSTRAP_RESAMPLES, confusion, headline_metrics, per_class_table
 from engine.evaluation.ood import build_reference
 from engine.evaluation.store import EVALUATION_FORMAT, checkpoint_digest, evaluation_files
-from engine.runs import Run
+from engine.runs import Resolved, Run
 from engine.workspace import atomic_path, write_json_atomic
 
 __all__ = ["evaluate_run", "GALLERY_SIZE"]
@@ -35,7 +35,7 @@ def _load_splits(config: dict, classes: list[str]):
     from engine.data.tensors import decode_split
 
     dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
-    size = config["resolved"]["image_size"]
+    size = Resolved.of(config).image_size
     return dataset.root, decode_split(dataset, "val", size, classes), decode_split(dataset, "train", size, classes)
 
 
@@ -46,7 +46,7 @@ def _probe_splits(config: dict, classes: list[str]):
     from engine.features import split_features
 
     dataset = load_dataset(config["dataset"], val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
-    size = config["resolved"]["image_size"]
+    size = Resolved.of(config).image_size
     return (dataset.root, *(split_features(dataset, split, config["backbone"], size, classes)
                             for split in ("val", "train")))
 
@@ -86,7 +86,8 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
     if not run.best_checkpoint.is_file():
         raise UserError(f"run '{run.id}' has no trained weights yet (state: {run.status().get('state')}); "
                         "train it first")
-    mean, std = config["resolved"]["mean"], config["resolved"]["std"]
+    resolved = run.resolved()
+    mean, std = resolved.mean, resolved.std
     if config.get("mode") == "linear":
         # Only the head was trained and the frozen features are cached: the checkpoint's head alone gives the
         # logits (no backbone to build, so no torchvision import: seconds of a CPU-bound evaluate).

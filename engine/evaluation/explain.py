@@ -42,16 +42,15 @@ def activation_maps(run_dir: Path | str, image, class_names: list[str]) -> dict:
     run = Run(run_dir)
     if not run.best_checkpoint.is_file():
         raise UserError(f"run '{run.id}' has no trained weights yet")
-    config = run.config()
     model, _cfg, classes = _model_for(run)
     unknown = [c for c in class_names if c not in classes]
     if unknown:
         raise UserError(f"class '{unknown[0]}' is not one of this run's classes")
-    size = config["resolved"]["image_size"]
+    resolved = run.resolved()
+    size = resolved.image_size
     img = image if hasattr(image, "mode") and hasattr(image, "size") else load_rgb(image)
     pixels = resize_center_crop(img.convert("RGB"), size)
-    x = normalize(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None], config["resolved"]["mean"],
-                  config["resolved"]["std"])
+    x = normalize(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None], resolved.mean, resolved.std)
     targets = list(dict.fromkeys(classes.index(c) for c in class_names))
     heat = grad_cam(model, x, targets)
     with torch.no_grad():
@@ -67,9 +66,9 @@ def activation_maps(run_dir: Path | str, image, class_names: list[str]) -> dict:
 def compare_runs(run_a: Path | str, run_b: Path | str) -> dict:
     """Images that flipped between two evaluated runs, and McNemar's test of the difference."""
     a, b = load_evaluation(run_a), load_evaluation(run_b)
-    for run, ev in ((run_a, a), (run_b, b)):
-        if ev is None:
-            raise UserError(f"run '{Path(run).name}' has not been evaluated yet; evaluate it first")
+    if a is None or b is None:
+        missing = run_a if a is None else run_b
+        raise UserError(f"run '{Path(missing).name}' has not been evaluated yet; evaluate it first")
     if a.classes != b.classes:
         raise UserError("the two runs have different classes; only runs on the same dataset can be compared")
     try:

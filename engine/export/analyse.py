@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -192,11 +193,12 @@ def _classify(run_dir: Path, classifier, files: list[tuple[str, bytes]], top_k: 
     """Decode, prepare and classify within the budget: rows without the threshold's answer (cached)."""
     classes = classifier.classes
     spent = _Spent(request)
-    errors, names, images, prepared, prep_ms = [], [], {}, [], []
+    errors: list[dict[str, Any]] = []
+    names, images, prepared, prep_ms = [], {}, [], []
     draft = 2 * int(classifier.preprocess["input_size"])  # a margin over the model's size: resize stays bilinear
     for name, data, problem in _uploads(files, spent):
-        if problem:
-            errors.append({"file": name, "error": problem})
+        if problem or data is None:
+            errors.append({"file": name, "error": problem or "could not be read"})
             continue
         spent.files += 1
         spent.bytes += len(data)
@@ -218,7 +220,7 @@ def _classify(run_dir: Path, classifier, files: list[tuple[str, bytes]], top_k: 
     if spent.over:
         errors.append({"file": "this request", "error": spent.over, "request": True})
     ood = _ood_reference(run_dir)
-    result = {"rows": [], "errors": errors, "images": images, "classes": classes,
+    result: dict[str, Any] = {"rows": [], "errors": errors, "images": images, "classes": classes,
               "temperature": classifier.temperature}
     if ood is None:
         result["ood"] = {"available": False, "reason": "the run has not been evaluated yet: evaluate it to get "

@@ -37,7 +37,7 @@ def _pct(x) -> str:
 
 def model_card(run: Run, parity: dict, variants: list[str], flags: bool = False) -> str:
     config = run.config()
-    resolved = config.get("resolved", {})
+    resolved = run.resolved()
     evaluation = run.evaluation() or {}
     pre = read_json(run.export_dir / "preprocess.json", default={}) or {}
     t = parity.get("temperature") or {}
@@ -45,10 +45,10 @@ def model_card(run: Run, parity: dict, variants: list[str], flags: bool = False)
         f"# Model card: {config['backbone']} image classifier ({run.id})",
         "",
         "## Data",
-        f"- Dataset: `{resolved.get('dataset_name', config.get('dataset'))}` "
-        f"(fingerprint `{resolved.get('dataset_fingerprint', 'n/a')}`)",
+        f"- Dataset: `{resolved.dataset_name or config.get('dataset')}` "
+        f"(fingerprint `{resolved.dataset_fingerprint or 'n/a'}`)",
         f"- Classes ({len(pre.get('classes', []))}): {', '.join(pre.get('classes', []))}",
-        f"- Images: {resolved.get('num_train', '?')} training, {resolved.get('num_val', '?')} validation "
+        f"- Images: {resolved.num_train} training, {resolved.num_val} validation "
         f"(validation fraction {config.get('val_fraction')}, seed {config.get('seed')})",
         "",
         "## Model and recipe",

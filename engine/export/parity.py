@@ -91,7 +91,8 @@ def check_parity(
     run = Run(run_dir)
     config = run.config()
     model, classes = _model or load_checkpoint_model(run.best_checkpoint)[::2]
-    size, mean, std = config["resolved"]["image_size"], config["resolved"]["mean"], config["resolved"]["std"]
+    resolved = run.resolved()
+    size, mean, std = resolved.image_size, resolved.mean, resolved.std
     val = _val if _val is not None else load_split(config, "val", size, classes)
     n = len(val) if max_parity_images is None else min(len(val), max_parity_images)
     images, labels, paths = val.images[:n], val.labels[:n].numpy(), val.paths[:n]

@@ -56,8 +56,8 @@ def export_run(
         state = run.status().get("state")
         raise UserError(f"run '{run.id}' has no trained weights yet (state: {state}); train it first")
     model, _cfg, classes = load_checkpoint_model(run.best_checkpoint)
-    size = config["resolved"]["image_size"]
-    mean, std = config["resolved"]["mean"], config["resolved"]["std"]
+    resolved = run.resolved()
+    size, mean, std = resolved.image_size, resolved.mean, resolved.std
 
     say("scoring the validation split with PyTorch")
     val = load_split(config, "val", size, classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.runs import Run
+from engine.runs import Resolved, Run
 from engine.onnx_io import OPSET
 
 __all__ = ["VARIANTS", "VARIANT_FILES", "STRICT_VARIANTS", "OPSET", "variant_path", "check_variants",
@@ -32,8 +32,8 @@ def variant_path(run: Run, variant: str) -> Path:
 
 
 def preprocess_record(config: dict, classes: list[str], temperature: float = 1.0) -> dict:
-    resolved = config["resolved"]
-    size = resolved["image_size"]
+    resolved = Resolved.of(config)
+    size = resolved.image_size
     return {
         "input_name": "image",
         "input_layout": "NCHW",
@@ -43,8 +43,8 @@ def preprocess_record(config: dict, classes: list[str], temperature: float = 1.0
         "resize": f"shorter side to {size} px, bilinear (PIL)",
         "crop": f"centre {size}x{size}",
         "scale": 1 / 255,
-        "mean": resolved["mean"],
-        "std": resolved["std"],
+        "mean": resolved.mean,
+        "std": resolved.std,
         "normalize": "x = (pixel / 255 - mean) / std, per channel, float32",
         "exif_orientation": "applied",
         "alpha": "composited on white",

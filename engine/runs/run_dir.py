@@ -59,6 +59,14 @@ class Resolved:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def of(cls, config: dict, run_id: str = "this run") -> "Resolved":
+        """What a run's config.json (as a dict) records as resolved; a clear error before training has started."""
+        resolved = config.get("resolved")
+        if not resolved:
+            raise UserError(f"run '{run_id}' has not started training yet (nothing resolved in its config.json)")
+        return cls.from_dict(resolved)
+
 
 class Run:
     def __init__(self, path: Path | str):
@@ -92,10 +100,7 @@ class Run:
 
     def resolved(self) -> Resolved:
         """What training resolved (image size, classes, normalisation, device...), typed."""
-        resolved = self.config().get("resolved")
-        if not resolved:
-            raise UserError(f"run '{self.id}' has not started training yet (nothing resolved in its config.json)")
-        return Resolved.from_dict(resolved)
+        return Resolved.of(self.config(), self.id)
 
     def status(self) -> dict:
         return read_json(self.status_file, default={"state": "unknown"})
