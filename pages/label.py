@@ -81,7 +81,7 @@ else:
     batch["cursor"] = min(batch["cursor"], len(rows) - 1)
     current = rows[batch["cursor"]]
     st.markdown(f"**Image {batch['cursor'] + 1} of {len(rows)}**: press a class's key to label it "
-                "(the model's label is kept with **Enter**), **Backspace** undoes the last key.")
+                "(the model's label is kept with **K**), **U** undoes the last key.")
     buttons = st.columns(len(keys) + 2)
     for i, key in enumerate(keys):
         if buttons[i].button(classes[i], key=f"label_class_{i}", shortcut=key, width="stretch"):
@@ -89,12 +89,12 @@ else:
             batch["history"].append(current["path"])
             batch["cursor"] = min(batch["cursor"] + 1, len(rows) - 1)
             st.rerun()
-    if buttons[-2].button("Keep", key="label_keep", shortcut="Enter", help="the model's label for this image"):
+    if buttons[-2].button("Keep", key="label_keep", shortcut="k", help="the model's label for this image"):
         batch["labels"][current["path"]] = current["suggested"]
         batch["history"].append(current["path"])
         batch["cursor"] = min(batch["cursor"] + 1, len(rows) - 1)
         st.rerun()
-    if buttons[-1].button("Undo", key="label_undo", shortcut="Backspace", disabled=not batch["history"]):
+    if buttons[-1].button("Undo", key="label_undo", shortcut="u", disabled=not batch["history"]):
         last = batch["history"].pop()
         batch["labels"].pop(last, None)
         batch["cursor"] = next(i for i, r in enumerate(rows) if r["path"] == last)

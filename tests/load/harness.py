@@ -294,6 +294,8 @@ class Bench:
     home: Path
     visits: list[Visit] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Visits that hung until the visitor reloaded the page (then drew): counted and shown, not hidden.
+    stalls: list[str] = field(default_factory=list)
     timeout_ms: int = 120_000
 
     def training(self) -> bool:
@@ -339,17 +341,31 @@ async def _exceptions(page) -> list[str]:
     return [await found.nth(i).inner_text() for i in range(await found.count())]
 
 
+async def _drawn(page, title: str, timeout_ms: int) -> None:
+    await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
+    await page.wait_for_selector(IDLE, timeout=timeout_ms)
+
+
 async def _visit(bench: Bench, page, app: str, title: str, session: int) -> float:
     """Click ``title`` in the sidebar; the time until its title is drawn and its script has finished."""
     link = page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title, exact=True)
     busy = bench.training()
     t0 = time.perf_counter()
     await link.click()
+    patience = bench.timeout_ms // 2
     try:
-        await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=bench.timeout_ms)
-        await page.wait_for_selector(IDLE, timeout=bench.timeout_ms)
-    except Exception as exc:
-        raise TimeoutError(f"the {title} page was not drawn and idle within {bench.timeout_ms / 1000:.0f} s") from exc
+        await _drawn(page, title, patience)
+    except Exception:
+        # What a visitor does with a page that hangs: reload it once. The stall is reported; a page that
+        # does not come back after the reload is a failure.
+        bench.stalls.append(f"{app} session {session} {title}: not drawn and idle within {patience / 1000:.0f} s, "
+                            "drawn after a reload")
+        try:
+            await page.reload(timeout=bench.timeout_ms)
+            await _drawn(page, title, bench.timeout_ms)
+        except Exception as exc:
+            raise TimeoutError(f"the {title} page was not drawn and idle within {patience / 1000:.0f} s, "
+                               f"nor {bench.timeout_ms / 1000:.0f} s after a reload") from exc
     seconds = time.perf_counter() - t0
     bench.visits.append(Visit(app, title, seconds, busy or bench.training(), session))
     for text in await _exceptions(page):
@@ -659,6 +675,7 @@ def load_test(sessions: int = 8, probe_image_size: int = 32, finetune_data: str 
     report["server_log_errors"] = server_log_errors(tmp / "real-server.log")
     report["trivial_log_errors"] = server_log_errors(tmp / "trivial-server.log")
     report["browser_errors"] = bench.errors
+    report["stalls"] = bench.stalls
     report["passed"] = bool(report["isolation_ok"] and report["fair"] and not report["server_log_errors"]
                             and not bench.errors and report["finetune"]["state"] == "done")
     if keep:
@@ -706,6 +723,8 @@ def format_report(report: dict) -> str:
     lines.append(f"fine-tune: {report['finetune']}")
     lines.append(f"server log error lines: {len(report['server_log_errors'])}")
     lines += [f"  {line[:200]}" for line in report["server_log_errors"][:10]]
+    lines.append(f"page stalls recovered by a reload: {len(report['stalls'])}")
+    lines += [f"  {line}" for line in report["stalls"][:10]]
     lines += [f"browser: {e}" for e in report["browser_errors"][:20]]
     lines.append("PASSED" if report["passed"] else "FAILED")
     return "\n".join(lines)
