@@ -57,6 +57,22 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
+def _training_is_marked_slow(request):
+    """A test that takes an optimizer step in this process trains a model: it must be marked ``slow``
+    (``make test-fast`` leaves those out). Counted with torch's global optimizer hook, not by name."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = [0]
+    handle = register_optimizer_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+    try:
+        yield
+    finally:
+        handle.remove()
+    if steps[0] and request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"{request.node.nodeid} trains a model ({steps[0]} optimizer steps): mark it slow")
+
+
+@pytest.fixture(autouse=True)
 def _workspace_left_as_found(request):
     """Every test leaves the local profile's single workspace current, as it found it.
 
@@ -74,6 +90,19 @@ def _workspace_left_as_found(request):
         os.environ.pop("TS_PROFILE", None)
         os.environ["TRANSFER_STUDIO_HOME"] = str(_SESSION_HOME)
         pytest.fail(f"{request.node.nodeid} left workspace {workspace_id()!r} current: {left}")
+
+
+def need_browser() -> None:
+    """Skip a browser test where no chromium is installed, unless the run asked for the browser
+    (``make test`` sets ``TS_BROWSER_REQUIRED=1`` after installing it): then its absence is a failure."""
+    from tests.load.harness import CHROMIUM
+
+    if Path(CHROMIUM).is_file():
+        return
+    message = f"no browser: {CHROMIUM} is not installed (apt-get install chromium, or `make test` does it)"
+    if os.environ.get("TS_BROWSER_REQUIRED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def wait_for(predicate, timeout: float = 180, poll: float = 0.2):

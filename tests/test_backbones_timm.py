@@ -120,6 +120,7 @@ def test_vit_stages_keep_tokens_with_the_stem():
     assert model(torch.zeros(1, 3, 28, 28)).shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_sweep_ranks_recommends_and_reuses_the_cache(shapes_dir, own_weights_dir):
     """A torchvision and a timm backbone (the timm one's export and latency come from the test above)."""
     from engine.features.latency import cached_latency

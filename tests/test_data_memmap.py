@@ -77,6 +77,7 @@ def shapes_cache(dataset):
     return list(cache_dir().glob(f"{dataset.fingerprint()}-*"))
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_read_batches_from_the_map(shapes):
     """The loop copies each batch to the device (here the CPU) with channels_last on, as on a GPU."""
     from engine.models import create_model

@@ -57,6 +57,7 @@ def _folder_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 def test_planted_label_errors_are_found_worst_first(clean, capsys):
     dataset = load_dataset(clean)
     train = dataset.usable[dataset.usable["split"] == "train"]
@@ -172,6 +173,7 @@ def _reviewed(at: AppTest) -> int:
     return int(re.search(r"(\d+) reviewed", text).group(1))
 
 
+@pytest.mark.slow
 def test_review_grid_drops_and_undoes_by_click(clean):
     dataset = load_dataset(clean)
     row = dataset.usable.iloc[3]

@@ -46,6 +46,7 @@ def shapes_with_pool(tmp_path_factory):
     return root, pool
 
 
+@pytest.mark.slow
 def test_suggestions_come_from_the_pool_and_confirmed_labels_join_the_training_set(shapes_with_pool):
     from engine.data.dataset import load_dataset
     from engine.dataloop.pool import LabelLoop
@@ -76,6 +77,7 @@ def test_suggestions_come_from_the_pool_and_confirmed_labels_join_the_training_s
     assert fresh.fit()[1]["labels"] == before["labels"]
 
 
+@pytest.mark.slow
 def test_unlabelled_folder_inside_the_dataset_is_the_pool_not_a_class(tmp_path):
     from engine.data.dataset import load_dataset
     from engine.dataloop.pool import LabelLoop, resolve_pool

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_browser
 
 from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, serve
 
@@ -22,8 +23,7 @@ SHOTS = Path(os.environ.get("TS_SHOTS_DIR", "/tmp/ts-shots"))
 
 @pytest.fixture()
 def server(workspace_home):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is not installed")
+    need_browser()
     env = os.environ.copy() | {"TRANSFER_STUDIO_HOME": str(workspace_home)}
     with serve(ROOT / "streamlit_app.py", env, workspace_home / f"streamlit-{os.getpid()}.log", timeout=90) as running:
         yield running.url

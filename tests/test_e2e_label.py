@@ -15,7 +15,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from conftest import SHAPES_CLASSES, draw_shape, make_shapes_dataset
+from conftest import need_browser, SHAPES_CLASSES, draw_shape, make_shapes_dataset
 from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, serve
 
 pytestmark = pytest.mark.e2e
@@ -39,8 +39,7 @@ def dataset_with_pool(tmp_path) -> Path:
 
 @pytest.fixture()
 def server(workspace_home, dataset_with_pool):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is not installed")
+    need_browser()
     env = os.environ.copy() | {"TRANSFER_STUDIO_HOME": str(workspace_home),
                                "TS_DATA_ROOTS": str(dataset_with_pool.parent)}
     with serve(ROOT / "streamlit_app.py", env, workspace_home / f"streamlit-label-{os.getpid()}.log",

@@ -17,7 +17,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import job_pid, queued_run, wait_for
+from conftest import need_browser, job_pid, queued_run, wait_for
 from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, serve
 from engine.jobs import queue as jobs
 from engine.jobs.tasks import kill_group, pid_alive
@@ -93,8 +93,7 @@ def _state_shown(page, state: str, timeout_ms: int = 240_000) -> None:
 def test_server_restart_mid_run_keeps_the_job_or_marks_it_interrupted(shapes_dir, workspace_home):
     from playwright.sync_api import sync_playwright
 
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is not installed")
+    need_browser()
     env = os.environ.copy() | {"TRANSFER_STUDIO_HOME": str(workspace_home)}
     env.pop("TS_PROFILE", None)
     port, log = free_port(), workspace_home / "fault-server.log"

@@ -16,6 +16,7 @@ def shapes(tmp_path_factory):
                                                 splits=True)))
 
 
+@pytest.mark.slow
 def test_curve_rises_on_average(shapes):
     from engine.insight.curve import data_efficiency, fit_learning_curve, flattening_point
 
@@ -37,6 +38,7 @@ def test_curve_rises_on_average(shapes):
     assert "power law" in fit["model"] and (fit["good"] or fit["reason"])
 
 
+@pytest.mark.slow
 def test_stage_probe_has_one_value_per_stage(shapes):
     from engine.insight.stages import stage_probe
     from engine.models import create_model

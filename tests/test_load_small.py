@@ -6,18 +6,17 @@ server log. No timing is asserted; `make bench-load` prints the figures.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
+from conftest import need_browser
 
-from tests.load.harness import CHROMIUM, format_report, load_test
+from tests.load.harness import format_report, load_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def test_two_sessions_each_get_their_own_results_in_a_fair_queue():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is not installed")
+    need_browser()
     report = load_test(2, finetune_data=None, finetune_image_size=32, trivial_rounds=1, think_s=1.0,
                        run_timeout_s=400)
     text = format_report(report)

@@ -24,6 +24,7 @@ def dataset_with_pool(tmp_path, monkeypatch):
     return root
 
 
+@pytest.mark.slow
 def test_label_page_labels_by_key_refits_and_draws_the_curve(dataset_with_pool):
     from engine.data.dataset import load_dataset
     from engine.dataloop.pool import LabelLoop, resolve_pool

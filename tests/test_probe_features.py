@@ -25,6 +25,7 @@ def digits_features():
     return dataset, train_f, val_f
 
 
+@pytest.mark.slow
 def test_probe_matches_logistic_regression_on_the_same_features(digits_features):
     from sklearn.linear_model import LogisticRegression
 
@@ -39,6 +40,7 @@ def test_probe_matches_logistic_regression_on_the_same_features(digits_features)
     np.testing.assert_array_equal(fit.weight, again.weight)
 
 
+@pytest.mark.slow
 def test_probe_head_is_the_runs_head(digits_features):
     """The fitted probe is folded into nn.Linear: the same logits from raw features."""
     _, tr, _ = digits_features
@@ -80,6 +82,7 @@ def test_onnxruntime_features_match_pytorch(digits_features):
     assert sorted((shared_cache_dir() / "backbones").glob("*.onnx")) == exported
 
 
+@pytest.mark.slow
 def test_linear_run_uses_cached_features_and_reports_balanced_accuracy(shapes_dir):
     config = TrainConfig(dataset=str(shapes_dir), backbone="mobilenet_v2", mode="linear", image_size=SIZE)
     report = train(config, run := new_run("probe-a"))
@@ -91,6 +94,7 @@ def test_linear_run_uses_cached_features_and_reports_balanced_accuracy(shapes_di
     assert p.images_train is None  # the probe never decodes images when features are cached
 
 
+@pytest.mark.slow
 def test_balance_changes_what_it_should(tmp_path):
     from conftest import draw_shape
 
@@ -130,6 +134,7 @@ def test_prior_correction_moves_predictions_to_rare_classes():
     assert out["prior_corrected"]["balanced_accuracy"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_test_split_is_held_out_and_reported(tmp_path):
     from conftest import SHAPES_CLASSES, draw_shape
 

@@ -61,6 +61,7 @@ def test_features_after_adapting_differ_from_the_pretrained_ones():
     assert not torch.allclose(before, after, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("freeze_norm", "moves"), [(True, False), (False, True)])
 def test_the_config_decides_whether_an_epoch_moves_the_statistics(freeze_norm, moves):
     model = _model()

@@ -27,6 +27,7 @@ def _model():
     return create_model("mobilenet_v2", 3, pretrained=False, image_size=32)
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_stats_survive_a_partial_epoch():
     model = _model()
     apply_freeze_policy(model, "partial", unfreeze_stages=2)
@@ -107,6 +108,7 @@ def _curves(run):
     return [{k: m[k] for k in CURVE_KEYS} for m in run.metrics()]
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics_and_resume_matches_uninterrupted(shapes_dir):
     """Two runs of one config agree exactly; a run stopped after epoch 1 and resumed
     from last.pt (model, optimiser, scheduler, RNG state) lands on the same numbers."""
@@ -141,6 +143,7 @@ def test_same_config_same_metrics_and_resume_matches_uninterrupted(shapes_dir):
     assert json.loads(third.eval_file.read_text())["accuracy"] == first.evaluation()["accuracy"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_finished_run(shapes_dir):
     run = new_run("done-run")
     train(_cfg(shapes_dir, mode="linear", epochs=2, mix="none"), run)
@@ -148,6 +151,7 @@ def test_resume_refuses_a_finished_run(shapes_dir):
         resume(run)
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_checkpoint(shapes_dir):
     # An LR far too high makes validation loss worse after the first epochs.
     run = new_run("early")
@@ -163,6 +167,7 @@ def test_early_stopping_keeps_the_best_checkpoint(shapes_dir):
     assert len(metrics) - best["epoch"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "partial"])
 def test_lr_finder_returns_a_curve_and_a_suggestion(shapes_dir, mode):
     result = find_lr(_cfg(shapes_dir, mode=mode, mix="none", augment="light"), steps=30, start_lr=1e-6, end_lr=10)
@@ -203,6 +208,7 @@ def test_validation_every_follows_the_split_sizes():
         TrainConfig(dataset="x", val_every=0)
 
 
+@pytest.mark.slow
 def test_skipped_validation_epochs_and_the_final_report_agree(shapes_dir):
     # Validated on epochs 2 and 3 only; the report's validation figures are the best validated epoch's.
     run = new_run("val-every")
