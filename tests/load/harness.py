@@ -358,14 +358,14 @@ async def _visit(bench: Bench, page, app: str, title: str, session: int) -> floa
     except Exception:
         # What a visitor does with a page that hangs: reload it once. The stall is reported; a page that
         # does not come back after the reload is a failure.
-        bench.stalls.append(f"{app} session {session} {title}: not drawn and idle within {patience / 1000:.0f} s, "
-                            "drawn after a reload")
         try:
             await page.reload(timeout=bench.timeout_ms)
             await _drawn(page, title, bench.timeout_ms)
         except Exception as exc:
             raise TimeoutError(f"the {title} page was not drawn and idle within {patience / 1000:.0f} s, "
                                f"nor {bench.timeout_ms / 1000:.0f} s after a reload") from exc
+        bench.stalls.append(f"{app} session {session} {title}: not drawn and idle within {patience / 1000:.0f} s, "
+                            "drawn after a reload")
     seconds = time.perf_counter() - t0
     bench.visits.append(Visit(app, title, seconds, busy or bench.training(), session))
     for text in await _exceptions(page):
