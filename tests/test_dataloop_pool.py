@@ -178,3 +178,20 @@ def test_predict_run_prints_image_lines_then_the_batch_test(trained_run, tmp_pat
     assert summary["flagged"] == sum(r["unlike_training"] for r in lines[:-1])
     assert summary["batch_test"]["available"] and summary["batch_test"]["shifted"]
     assert summary["sentence"].startswith("this batch differs from the training data (p <")
+
+
+def test_the_two_stage_strategies_switch_from_typical_at_the_label_count():
+    from engine.dataloop.active import SWITCH_PER_CLASS, select_batch
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(200, 16)).astype(np.float32)
+    probs_all = rng.dirichlet(np.ones(2), size=200).astype(np.float32)
+    for stage2 in ("margin", "badge"):
+        few = np.arange(2 * SWITCH_PER_CLASS - 1)  # one short of the switch for 2 classes
+        rest = np.setdiff1d(np.arange(200), few)
+        assert (select_batch(f"typical-{stage2}", feats, few, rest, probs_all[rest], 5, seed=3).tolist()
+                == select_batch("typical", feats, few, rest, probs_all[rest], 5, seed=3).tolist())
+        many = np.arange(2 * SWITCH_PER_CLASS)
+        rest = np.setdiff1d(np.arange(200), many)
+        assert (select_batch(f"typical-{stage2}", feats, many, rest, probs_all[rest], 5, seed=3).tolist()
+                == select_batch(stage2, feats, many, rest, probs_all[rest], 5, seed=3).tolist())

@@ -346,6 +346,17 @@ async def _drawn(page, title: str, timeout_ms: int) -> None:
     await page.wait_for_selector(IDLE, timeout=timeout_ms)
 
 
+async def _what_is_shown(page) -> str:
+    """What a stalled page shows: its address, its headings and the script's state (for the report)."""
+    try:
+        headings = await page.locator("h1, h2").all_inner_texts()
+        state = await page.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state",
+                                                                                timeout=2000)
+        return f"at {urlparse(page.url).path or '/'}, headings {[h.strip() for h in headings[:3]]}, script {state}"
+    except Exception as exc:  # the page may be gone: say so rather than hide the first error
+        return f"unreadable: {type(exc).__name__}"
+
+
 async def _visit(bench: Bench, page, app: str, title: str, session: int) -> float:
     """Click ``title`` in the sidebar; the time until its title is drawn and its script has finished."""
     link = page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title, exact=True)
@@ -356,16 +367,18 @@ async def _visit(bench: Bench, page, app: str, title: str, session: int) -> floa
     try:
         await _drawn(page, title, patience)
     except Exception:
+        seen = await _what_is_shown(page)
         # What a visitor does with a page that hangs: reload it once. The stall is reported; a page that
         # does not come back after the reload is a failure.
         try:
             await page.reload(timeout=bench.timeout_ms)
             await _drawn(page, title, bench.timeout_ms)
         except Exception as exc:
-            raise TimeoutError(f"the {title} page was not drawn and idle within {patience / 1000:.0f} s, "
-                               f"nor {bench.timeout_ms / 1000:.0f} s after a reload") from exc
-        bench.stalls.append(f"{app} session {session} {title}: not drawn and idle within {patience / 1000:.0f} s, "
-                            "drawn after a reload")
+            raise TimeoutError(f"the {title} page was not drawn and idle within {patience / 1000:.0f} s ({seen}), "
+                               f"nor {bench.timeout_ms / 1000:.0f} s after a reload ({await _what_is_shown(page)})"
+                               ) from exc
+        bench.stalls.append(f"{app} session {session} {title}: not drawn and idle within {patience / 1000:.0f} s "
+                            f"({seen}), drawn after a reload")
     seconds = time.perf_counter() - t0
     bench.visits.append(Visit(app, title, seconds, busy or bench.training(), session))
     for text in await _exceptions(page):
