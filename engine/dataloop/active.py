@@ -29,9 +29,9 @@ from engine.evaluation.ood import unit_rows
 __all__ = ["STRATEGIES", "DEFAULT_STRATEGY", "select_batch", "margins"]
 
 STRATEGIES = ("random", "margin", "kcenter", "margin-kcenter", "typical", "badge", "typical-margin", "typical-badge")
-# Chosen from `python -m engine bench active digits fashion-mnist fashion-mnist-imbalanced textures-224 --rounds 12`
-# (64 px, 3 seeds, 2026-12-03): BADGE matched random's accuracy at its largest budget with 77/69/69/31 % of those
-# labels and was never worse than random beyond the interval; margin and typical-margin fell behind on digits.
+# Chosen from `python -m engine bench active digits fashion-mnist fashion-mnist-imbalanced textures-224` (64 px,
+# 3 seeds, 2026-12-03; README table): BADGE needed 77/69/69/31 % of random's labels at 12 rounds and 60/80/44 %
+# (digits, fashion-mnist, imbalanced) at 24, and was never worse than random beyond the interval; margin was, on digits.
 DEFAULT_STRATEGY = "badge"
 MARGIN_POOL_FACTOR = 4
 SWITCH_PER_CLASS = 4
