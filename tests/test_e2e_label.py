@@ -66,10 +66,21 @@ def _curve_points(page, drawn: bool = True) -> int:
     return points.count()
 
 
-def _current_image(page) -> str:
-    """The pool file the page asks about now: its caption carries the ▶ marker."""
-    captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
-    return next(c for c in captions if c.startswith("▶")).split("\n")[0][2:].strip()
+def _current_image(page, previous: str | None = None) -> str:
+    """The pool file the page asks about now: its caption carries the ▶ marker.
+
+    After a key press the script reruns and redraws the grid caption by caption, so until the run ends the
+    marker may still sit on the image just labelled (or on none): read it once the page is idle and the marker
+    has left ``previous``, or a key meant for a stale name would label the next image.
+    """
+    for _ in range(150):
+        _settle(page)
+        captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+        marked = [c.split("\n")[0][2:].strip() for c in captions if c.startswith("▶")]
+        if len(marked) == 1 and marked[0] != previous:
+            return marked[0]
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the marker did not move on from {previous!r}: {marked}")
 
 
 def test_label_twenty_images_by_keyboard_and_the_curve_gains_a_point(server, dataset_with_pool):
@@ -99,9 +110,9 @@ def test_label_twenty_images_by_keyboard_and_the_curve_gains_a_point(server, dat
             before = _curve_points(page, drawn=False)
             assert before == 0 and page.get_by_text("The curve starts with the first confirmed batch").count() == 1
             page.locator("[data-testid='stMain'] h1").first.click()  # keys go to the page, not the number box
-            answers = {}
+            answers, name = {}, None
             for n in range(LABELLED):
-                name = _current_image(page)
+                name = _current_image(page, previous=name)
                 shape = re.search(r"-(\w+)\.png$", name).group(1)
                 answers[name] = shape
                 page.keyboard.press(str(classes.index(shape) + 1))
