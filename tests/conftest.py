@@ -168,6 +168,31 @@ def job_pid(run):
     return rows[0]["pid"] if rows and rows[0]["state"] == "running" else None
 
 
+def dispatcher_pid() -> int | None:
+    """The pid of this session's live job dispatcher (it writes it once it holds the lock), else None."""
+    from engine.jobs.tasks import pid_alive
+    from engine.workspace import home
+
+    path = home() / "dispatcher.pid"
+    pid = int(path.read_text()) if path.is_file() else None
+    return pid if pid_alive(pid) else None
+
+
+def stop_idle_dispatcher(timeout: float = 120) -> None:
+    """Stop the dispatcher once no job is queued or running, so the next one starts with the caller's settings.
+
+    An earlier test's page started the app's *resident* dispatcher, which stays for the model idle time
+    (15 min) and keeps the executor settings it started with; waiting for it to exit on its own fails."""
+    from engine.jobs import queue as jobs
+    from engine.jobs.tasks import kill_group, pid_alive
+
+    wait_for(lambda: not any(j["state"] in ("queued", "running") for j in jobs.list_jobs()), timeout)
+    pid = dispatcher_pid()
+    if pid:
+        kill_group(pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(pid), 30)
+
+
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
 

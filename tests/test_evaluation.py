@@ -311,3 +311,33 @@ def test_overfitting_reading_names_the_epoch_validation_stopped_improving():
     assert "still improving at the last epoch (5)" in still["reading"]
     probe = overfitting([{"epoch": 1, "train_loss": 0.3, "val_loss": 0.5, "probe": {"C": 0.01}}])
     assert "fitted in one step" in probe["reading"] and "C=0.01" in probe["reading"]
+
+
+@pytest.mark.slow  # trains a fine-tune
+def test_a_fine_tunes_evaluation_scores_a_seeded_sample_of_its_training_images(shapes_dir, monkeypatch):
+    """A fine-tune has no cached features: its training images go through the model again for the OOD
+    reference and the train accuracy, at most TRAIN_SAMPLE_IMAGES of them, the same ones every time."""
+    import engine.evaluation.evaluator as evaluator
+    from engine.runs import new_run
+    from engine.training.config import TrainConfig
+    from engine.training.runner import train
+
+    config = TrainConfig(dataset=str(shapes_dir), backbone="mobilenet_v2", mode="full", epochs=1,
+                         image_size=32, batch_size=16, threads=1)
+    run = new_run("eval-sample")
+    run.write_config(config.to_dict())
+    train(config, run)
+    whole = evaluate_run(run.path, n_resamples=100)
+    n_train = whole["train_images"]
+    assert whole["train_images_scored"] == n_train > 10 and whole["ood"]["train_images"] == n_train
+
+    monkeypatch.setattr(evaluator, "TRAIN_SAMPLE_IMAGES", 10)
+    sampled = [evaluate_run(run.path, n_resamples=100) for _ in range(2)]
+    for s in sampled:
+        assert s["train_images"] == n_train and s["train_images_scored"] == 10 and s["ood"]["train_images"] == 10
+        assert round(s["train_accuracy"] * 10, 6) == round(s["train_accuracy"] * 10)  # a share of 10 images
+        assert s["accuracy"] == whole["accuracy"]  # the validation split is scored whole
+    assert sampled[0]["train_accuracy"] == sampled[1]["train_accuracy"]  # the run's seed picks the same images
+    picks = evaluator.train_sample(n_train, 0, 10)
+    assert len(set(picks)) == 10 and list(picks) == sorted(picks) and picks.max() < n_train
+    assert list(evaluator.train_sample(5, 0, 10)) == [0, 1, 2, 3, 4]

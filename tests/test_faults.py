@@ -17,23 +17,16 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import need_browser, job_pid, queued_run, wait_for
+from conftest import dispatcher_pid as _dispatcher_pid, need_browser, job_pid, queued_run, wait_for
 from tests.load.harness import CHROMIUM, CHROMIUM_ARGS, IDLE, free_port, serve
 from engine.jobs import queue as jobs
 from engine.jobs.tasks import kill_group, pid_alive
 from engine.workflow import run_settled
 from engine.training.config import TrainConfig
-from engine.workspace import home
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PAGE = str(ROOT / "pages" / "train.py")
 SHOTS = Path(os.environ.get("TS_SHOTS_DIR", "/tmp/ts-shots"))  # a screenshot when the page is not as expected
-
-
-def _dispatcher_pid() -> int | None:
-    path = home() / "dispatcher.pid"
-    pid = int(path.read_text()) if path.is_file() else None
-    return pid if pid_alive(pid) else None
 
 
 def _kill_workers(run) -> None:

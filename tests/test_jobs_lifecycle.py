@@ -14,15 +14,10 @@ from engine.jobs import queue as jobs
 from engine.runs import TERMINAL_STATES
 from engine.jobs.tasks import pid_alive
 from engine.workspace import home
-from conftest import job_pid as _job_pid, make_shapes_dataset, queued_run as _queued_run, wait_for as _wait
+from conftest import dispatcher_pid as _dispatcher_pid, job_pid as _job_pid, make_shapes_dataset
+from conftest import queued_run as _queued_run, wait_for as _wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _dispatcher_pid():
-    path = home() / "dispatcher.pid"  # written by the dispatcher that holds the lock
-    pid = int(path.read_text()) if path.is_file() else None
-    return pid if pid_alive(pid) else None
 
 
 def _stop_dispatcher():

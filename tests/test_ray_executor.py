@@ -24,23 +24,16 @@ from engine.jobs import queue as jobs  # noqa: E402
 from engine.jobs.ray_executor import RAY_NAMESPACE, job_resources  # noqa: E402
 from engine.jobs.tasks import kill_group, pid_alive  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.workspace import home  # noqa: E402
-from conftest import wait_for as _wait  # noqa: E402
+from conftest import dispatcher_pid as _dispatcher_pid, stop_idle_dispatcher, wait_for as _wait  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _dispatcher_pid():
-    path = home() / "dispatcher.pid"
-    pid = int(path.read_text()) if path.is_file() else None
-    return pid if pid_alive(pid) else None
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray instance with 2 CPUs, no dashboard; jobs queued meanwhile go to it."""
-    # A dispatcher left by earlier tests exits once idle; the next one starts with this module's settings.
-    _wait(lambda: _dispatcher_pid() is None, 60)
+    # The next dispatcher starts with this module's settings (one left by an earlier test keeps its own).
+    stop_idle_dispatcher()
     info = ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
                     namespace=RAY_NAMESPACE, log_to_driver=False)
     saved = {key: os.environ.get(key) for key in ("TS_EXECUTOR", "TS_RAY_ADDRESS", "TS_MAX_JOBS")}
@@ -96,8 +89,8 @@ def test_a_bad_executor_setting_is_one_clear_line(monkeypatch):
     with pytest.raises(UserError, match="TS_EXECUTOR must be one of local, ray"):
         jobs.submit(_queued_run("bad-executor"))
     # A Ray head nobody answers at: the job fails at once, saying where it looked (no retrying for minutes).
-    # The dispatcher reads the settings when it starts: wait out one an earlier test left running.
-    _wait(lambda: _dispatcher_pid() is None, 60)
+    # The dispatcher reads the settings when it starts: stop one an earlier test left running.
+    stop_idle_dispatcher()
     monkeypatch.setenv("TS_EXECUTOR", "ray")
     monkeypatch.setenv("TS_RAY_ADDRESS", "127.0.0.1:9")
     run = _queued_run("unreachable")
