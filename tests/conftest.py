@@ -178,19 +178,31 @@ def dispatcher_pid() -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def stop_idle_dispatcher(timeout: float = 120) -> None:
+def stop_idle_dispatcher(timeout: float = 120, quiet_s: float = 3.0) -> None:
     """Stop the dispatcher once no job is queued or running, so the next one starts with the caller's settings.
 
     An earlier test's page started the app's *resident* dispatcher, which stays for the model idle time
-    (15 min) and keeps the executor settings it started with; waiting for it to exit on its own fails."""
+    (15 min) and keeps the executor settings it started with; waiting for it to exit on its own fails. One
+    that page spawned a moment ago may not hold the lock yet: done once the lock has stayed free ``quiet_s``."""
+    import fcntl
+
     from engine.jobs import queue as jobs
-    from engine.jobs.tasks import kill_group, pid_alive
+    from engine.jobs.tasks import kill_group
+    from engine.workspace import home
 
     wait_for(lambda: not any(j["state"] in ("queued", "running") for j in jobs.list_jobs()), timeout)
-    pid = dispatcher_pid()
-    if pid:
-        kill_group(pid, signal.SIGTERM)
-        wait_for(lambda: not pid_alive(pid), 30)
+    end, free_since = time.time() + 60, time.time()
+    while time.time() - free_since < quiet_s:
+        with open(home() / "dispatcher.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            except BlockingIOError:
+                free_since = time.time()
+                kill_group(dispatcher_pid(), signal.SIGTERM)
+        if time.time() > end:
+            raise AssertionError(f"a dispatcher still holds {home() / 'dispatcher.lock'} after 60 s")
+        time.sleep(0.2)
 
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from streamlit import config as st_config
 
-from conftest import make_shapes_dataset, open_app
+from conftest import make_shapes_dataset, open_app, stop_idle_dispatcher
 from engine.data.ingest import ingest_zip, uploaded_datasets
 from engine.errors import UserError
 from engine.hosting.access import PasswordGuard, open_server_warning
@@ -101,11 +101,10 @@ def test_queued_jobs_across_workspaces_are_capped(monkeypatch):
     monkeypatch.setenv("TS_MAX_QUEUED_TOTAL", "1")
     config = TrainConfig(dataset="digits", mode="linear")
     pid_file = home() / "dispatcher.pid"
+    stop_idle_dispatcher()  # one an earlier test's page started (the app's resident one) holds the lock
     with open(home() / "dispatcher.lock", "a") as lock:
-        try:  # stand in for a busy dispatcher, so the queued job stays queued while we look
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pytest.skip("a dispatcher of another test is running")
+        # Stand in for a busy dispatcher, so the queued job stays queued while we look.
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         before = pid_file.read_text() if pid_file.is_file() else None
         pid_file.write_text(str(os.getpid()))
         try:
