@@ -7,7 +7,7 @@ run: setup
 # Everything, browser and multi-process tests included (CI runs this). Two workers, one test file
 # each at a time: many tests wait on worker processes, servers and browsers, so two share the cores well.
 test: setup-dev lint
-	TS_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -n 2 --dist loadfile
+	TS_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Day-to-day: the tests that start no worker processes and no browser.
 test-fast: setup-dev

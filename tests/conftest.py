@@ -43,6 +43,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # Longest files first (`make test` runs one file per worker at a time, in this order, with
+    # --no-loadscope-reorder), a file's length guessed from its tests: a browser test takes about a minute,
+    # a slow one some seconds. xdist's own order (most tests first) started the one-test, three-minute load
+    # test last, and the suite waited for it alone. A file may say its length (``SUITE_SECONDS``) instead.
+    weight: dict[str, int] = {}
+    for item in items:
+        cost = 60 if item.get_closest_marker("e2e") else 6 if item.get_closest_marker("slow") else 1
+        weight[str(item.path)] = weight.get(str(item.path), 0) + cost
+    for item in items:
+        weight[str(item.path)] = max(weight[str(item.path)], getattr(item.module, "SUITE_SECONDS", 0))
+    items.sort(key=lambda item: -weight[str(item.path)])  # stable: a file's tests keep their order
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -13,6 +13,7 @@ from conftest import need_browser
 from tests.load.harness import format_report, load_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+SUITE_SECONDS = 190  # the suite's longest file (2-3 min): conftest starts it first
 
 
 # Known defect, open: under load the Runs page sometimes stays "running" for minutes, even after a reload
