@@ -171,7 +171,7 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
         "classes": classes,
         "images": int(len(y)),
         "train_images": int(len(train)),
-        "train_images_scored": int(len(train_labels)),  # the train accuracy's and the OOD reference's
+        "train_images_scored": int(len(train_labels)),  # the train accuracy's (the OOD reference: "ood")
         "headline": headline,
         "accuracy": headline["accuracy"]["value"],
         "balanced_accuracy": headline["balanced_accuracy"]["value"],
