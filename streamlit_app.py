@@ -18,9 +18,11 @@ from engine.hosting.cleanup import remove_idle_workspaces
 from engine.workflow import restart_queue
 from engine.jobs.view import run_label
 from app.access import apply_error_policy, require_access
+from app.stale_fragment_reruns import install as drop_stale_fragment_timers
 from app.sidebar import workspace_panel
 from app.state import app_secrets, current_backbone, current_dataset, current_run, select_workspace, share_param
 
+drop_stale_fragment_timers()  # a polling page's timer must not undo a sidebar click (see the module)
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 apply_error_policy()  # hosted: no tracebacks (server paths) for visitors
 _refusal = startup_refusal()  # e.g. a data root that holds every visitor's files: refused before any page

@@ -6,7 +6,6 @@ once and cached); the corrections go to the dataset's overlay in the workspace, 
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,29 +15,17 @@ from engine.data.dataset import Dataset
 from engine.data.images import ImageProblem, load_rgb
 from engine.dataloop.overlay import corrections, dataset_version, drop, relabel, undo
 from engine.errors import UserError
-from engine.jobs.tasks import start_task, task_state
-from engine.workspace import cache_dir, read_json
+from engine.workflow.dataloop import label_issues_state, start_label_issues
 
-__all__ = ["label_review", "issues_folder"]
+__all__ = ["label_review"]
 
-RESULT = "issues.json"
 GRID = 8
 COLUMNS = 4
 
 
-def issues_folder(dataset: Dataset) -> Path:
-    """The label-issue task of this dataset (one per dataset folder and split; its result names the version)."""
-    key = hashlib.blake2b(f"{Path(dataset.root).resolve()}:{dataset.val_fraction}:{dataset.seed}".encode(),
-                          digest_size=10).hexdigest()
-    return cache_dir() / "label-issues" / key
-
-
 def _start(spec: str, dataset: Dataset) -> None:
-    folder = issues_folder(dataset)
-    argv = ["label-issues", str(spec), "--val-fraction", str(dataset.val_fraction), "--seed", str(dataset.seed),
-            "--out", str(folder / RESULT)]
     try:
-        start_task(folder, argv, RESULT)
+        start_label_issues(spec, dataset)
     except UserError as exc:
         st.error(str(exc))
 
@@ -81,14 +68,12 @@ def label_review(spec: str, dataset: Dataset, refresh: Callable[[], None]) -> No
     if version.corrections:
         st.button("Undo last correction", key="lr-undo", shortcut="u",
                   on_click=_act, args=(lambda: undo(dataset), refresh))
-    folder = issues_folder(dataset)
-    task = task_state(folder, RESULT)
-    result = read_json(folder / RESULT)
+    task, result = label_issues_state(dataset)
     running = bool(task and task["state"] == "running")
     if running:
         @st.fragment(run_every="1s")
         def _wait() -> None:
-            now = task_state(folder, RESULT)
+            now = label_issues_state(dataset)[0]
             if not now or now["state"] != "running":
                 st.rerun()
             st.info("Looking for label issues in the background…", icon=":material/hourglass_top:")

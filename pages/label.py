@@ -13,8 +13,7 @@ from engine.data.dataset import load_dataset
 from engine.data.images import ImageProblem, load_rgb
 from engine.dataloop.pool import UNLABELLED_DIR, LabelLoop, resolve_pool, save_uploaded_pool
 from engine.errors import UserError
-from engine.jobs.tasks import start_task, task_state
-from engine.workspace import cache_dir
+from engine.workflow.dataloop import pool_features_state, start_pool_features
 from app.state import current_backbone, current_dataset, require_frame
 
 require_frame()  # a deep link on a fresh server runs through the frame
@@ -45,21 +44,20 @@ except UserError as exc:
     st.warning(str(exc))
     st.stop()
 
-task_dir = cache_dir() / "pool-tasks" / loop.key()
 if not loop.features_ready():
-    state = task_state(task_dir, None)
+    state = pool_features_state(loop)
     if state is None or state["state"] in ("failed", "cancelled"):
         if state and state.get("error"):
             st.error(f"Reading the pool failed: {state['error']}")
         try:
-            start_task(task_dir, loop.prepare_command(), None)
+            start_pool_features(loop)
         except UserError as exc:
             st.error(str(exc))
             st.stop()
 
     @st.fragment(run_every="2s")
     def wait_for_features() -> None:
-        if loop.features_ready() or (task_state(task_dir, None) or {}).get("state") != "running":
+        if loop.features_ready() or (pool_features_state(loop) or {}).get("state") != "running":
             st.rerun()
         st.info(f"Reading {len(loop.files)} pool images and the dataset's features in the background…",
                 icon=":material/hourglass_top:")

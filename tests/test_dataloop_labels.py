@@ -179,10 +179,10 @@ def test_review_grid_drops_and_undoes_by_click(clean):
     row = dataset.usable.iloc[3]
     wrong = next(c for c in dataset.classes if c != row["label"])
     write_corrections(clean, [{"path": row["path"], "action": "relabel", "label": wrong, "at": 0}])
-    from app.label_review import RESULT, issues_folder
+    from engine.workflow.dataloop import ISSUES_RESULT, label_issues_folder
 
     noisy = load_dataset(clean)
-    out = issues_folder(noisy) / RESULT
+    out = label_issues_folder(noisy) / ISSUES_RESULT
     assert main(["label-issues", str(clean), "--image-size", str(SIZE), "--out", str(out)]) == 0
     issues = json.loads(out.read_text())["issues"]
     assert issues

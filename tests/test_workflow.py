@@ -44,10 +44,7 @@ def test_a_follow_up_whose_process_is_gone_reads_stopped_not_running():
 
 
 def test_pages_start_and_follow_work_only_through_the_workflow():
-    # The Label page and its review panel (pages/label.py, app/label_review.py) belong to the data-loop work
-    # and still start their task directly; every other page goes through engine.workflow.
     files = [*ROOT.glob("pages/*.py"), *ROOT.glob("app/*.py"), ROOT / "streamlit_app.py"]
-    files = [f for f in files if f.name not in ("label.py", "label_review.py")]
     offending = {}
     for path in files:
         text = path.read_text()

@@ -6,6 +6,7 @@ call it and nothing beneath it to start or follow work.
 ``engine.workflow.runs``   queue a run (checks, limits), the job itself (train, headline figures, "done",
                            then evaluation and export as its follow-up), resume, cancel, settled
 ``engine.workflow.tasks``  evaluation, export, LR finder, sweep, embedding map, insight: start and state
+``engine.workflow.dataloop`` the data loop's tasks: the label-issue search, a label pool's features
 """
 from engine.workflow.runs import (FOLLOW_UP_STAGES, cancel_run, failure_details, follow_up, queue_run, queue_view,
                                   restart_queue, resume_run, run_job, run_settled)
