@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 SUITE_SECONDS = 190  # the suite's longest file (2-3 min): conftest starts it first
 
 
-# A page that stalled (seen 2 of 3 suite runs on 2026-12-02/03, then a lost sidebar click caught in a
-# repro) is recovered as a visitor would, by a second click or a reload, and listed in the report's
-# `stalls`; at most one per session passes. Passed every run since the harness learnt that (8 of 8).
+# A lost sidebar click (seen 2 of 3 suite runs on 2026-12-02/03; the 8-session bench still loses about one
+# in 400 visits, see the README) is recovered as a visitor would, by a second click or a reload, and listed in
+# the report's `stalls`; at most one per session passes. Passed every run since the harness learnt that.
 def test_two_sessions_each_get_their_own_results_in_a_fair_queue():
     need_browser()
     report = load_test(2, finetune_data=None, finetune_image_size=32, trivial_rounds=1, think_s=1.0,
