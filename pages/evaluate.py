@@ -268,9 +268,9 @@ with tab_fit:
         fig.update_layout(xaxis_title="epoch", yaxis_title="loss", height=420, margin=dict(l=10, r=10, t=30, b=10))
         st.plotly_chart(fig, width="stretch", key="eval_overfit")
         if s.get("train_accuracy") is not None:
-            scored = s.get("train_images_scored", s.get("train_images"))
-            sample = f" (on a sample of {scored} of {s['train_images']} training images)" if scored != s.get(
-                "train_images") else ""
+            total = s["train_images"]
+            scored = s.get("train_images_scored", total)  # evaluations before the sample scored them all
+            sample = f" (on a sample of {scored} of {total} training images)" if scored < total else ""
             st.caption(f"Best weights: training accuracy {s['train_accuracy']:.3f}{sample}, "
                        f"validation {s['accuracy']:.3f}.")
     else:
