@@ -313,11 +313,9 @@ def test_overfitting_reading_names_the_epoch_validation_stopped_improving():
     assert "fitted in one step" in probe["reading"] and "C=0.01" in probe["reading"]
 
 
-@pytest.mark.slow  # trains a fine-tune
-def test_a_fine_tunes_evaluation_scores_a_seeded_sample_of_its_training_images(shapes_dir, monkeypatch):
-    """A fine-tune has no cached features: its training images go through the model again for the OOD
-    reference and the train accuracy, at most TRAIN_SAMPLE_IMAGES of them, the same ones every time."""
-    import engine.evaluation.evaluator as evaluator
+@pytest.fixture(scope="module")
+def fine_tune_run(shapes_dir):
+    """A one-epoch MobileNetV2 full fine-tune on the drawn shapes (32 px)."""
     from engine.runs import new_run
     from engine.training.config import TrainConfig
     from engine.training.runner import train
@@ -327,6 +325,16 @@ def test_a_fine_tunes_evaluation_scores_a_seeded_sample_of_its_training_images(s
     run = new_run("eval-sample")
     run.write_config(config.to_dict())
     train(config, run)
+    return run
+
+
+@pytest.mark.slow  # trains a fine-tune
+def test_a_fine_tunes_evaluation_scores_a_seeded_sample_of_its_training_images(fine_tune_run, monkeypatch):
+    """A fine-tune has no cached features: its training images go through the model again for the OOD
+    reference and the train accuracy, at most TRAIN_SAMPLE_IMAGES of them, the same ones every time."""
+    import engine.evaluation.evaluator as evaluator
+
+    run = fine_tune_run
     whole = evaluate_run(run.path, n_resamples=100)
     n_train = whole["train_images"]
     assert whole["train_images_scored"] == n_train > 10 and whole["ood"]["train_images"] == n_train
@@ -341,3 +349,45 @@ def test_a_fine_tunes_evaluation_scores_a_seeded_sample_of_its_training_images(s
     picks = evaluator.train_sample(n_train, 0, 10)
     assert len(set(picks)) == 10 and list(picks) == sorted(picks) and picks.max() < n_train
     assert list(evaluator.train_sample(5, 0, 10)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow  # trains a fine-tune
+def test_a_fine_tune_is_scored_alike_by_onnxruntime_torch_and_trainings_own_validation_pass(fine_tune_run,
+                                                                                            tmp_path):
+    """evaluate reuses the best weights' validation pass that training made (val_outputs.npz) and scores the
+    rest with onnxruntime on CPU or torch (the GPU path, run here on the CPU): all three agree, and outputs
+    left by other weights are never reused."""
+    import torch
+
+    from engine.evaluation.store import evaluation_files
+    from engine.runs import Run
+
+    run = fine_tune_run
+    assert run.val_outputs_file.is_file()  # written by training with the best checkpoint
+    reused = evaluate_run(run.path, n_resamples=100, engine="onnxruntime")
+    preds_reused = load_evaluation(run.path).predictions
+    saved = run.val_outputs_file.read_bytes()
+    run.val_outputs_file.unlink()
+    results = {}
+    for engine in ("onnxruntime", "torch"):
+        summary = evaluate_run(run.path, n_resamples=100, engine=engine)
+        results[engine] = (summary, np.stack(load_evaluation(run.path).predictions["probs"].to_numpy()))
+    np.testing.assert_allclose(results["onnxruntime"][1], results["torch"][1], atol=1e-4)
+    np.testing.assert_allclose(np.stack(preds_reused["probs"].to_numpy()), results["torch"][1], atol=1e-4)
+    for summary, _ in results.values():
+        assert summary["accuracy"] == reused["accuracy"]
+        assert summary["train_accuracy"] == reused["train_accuracy"]
+        assert summary["ood"]["threshold"] == pytest.approx(reused["ood"]["threshold"], rel=1e-3)
+    assert not list(evaluation_files(run.path)["summary"].parent.glob("*.onnx*"))  # the scoring graph is gone
+
+    # New weights (in a copy): the saved pass is another model's, so the validation images are scored again.
+    run.val_outputs_file.write_bytes(saved)
+    copy = Run(shutil.copytree(run.path, tmp_path / "copy"))
+    blob = torch.load(copy.best_checkpoint, weights_only=True)
+    blob["state_dict"]["head.bias"] += torch.arange(len(blob["state_dict"]["head.bias"]), dtype=torch.float32) * 50
+    torch.save(blob, copy.best_checkpoint)
+    shifted = evaluate_run(copy.path, n_resamples=100, engine="torch")
+    last = len(SHAPES_CLASSES) - 1
+    table = load_evaluation(copy.path).predictions
+    assert set(table["pred"]) == {last}  # the bias decides every image
+    assert shifted["accuracy"] == pytest.approx((table["label"] == last).mean())

@@ -66,6 +66,8 @@ def simulate(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_
 def bench_active(data: str, backbone: str = "mobilenet_v2", image_size: int = 64, seeds: int = 5,
                  start_per_class: int = 2, batch: int | None = None, rounds: int = 8,
                  strategies: tuple[str, ...] = STRATEGIES, progress=None) -> dict:
+    """The simulated loop on ``data`` for each strategy and seed, at most ``rounds`` batches (fewer when the
+    pool is small: the largest budget stays within half the pool)."""
     t0 = time.perf_counter()
     dataset = load_dataset(data)
     classes = dataset.classes
@@ -75,6 +77,9 @@ def bench_active(data: str, backbone: str = "mobilenet_v2", image_size: int = 64
     evals = split_features(dataset, held_out, backbone, image_size, classes)
     features_s = time.perf_counter() - t0
     batch = int(batch or 2 * k)
+    # Past half the pool every strategy holds much the same images and the choice stops mattering (a small
+    # pool would run out): each dataset's rounds stop there, so one command serves pools of any size.
+    rounds = max(1, min(rounds, (len(train) // 2 - start_per_class * k) // batch))
     curves: dict[str, list[list[tuple[int, float]]]] = {s: [] for s in strategies}
     t1 = time.perf_counter()
     for seed in range(seeds):
@@ -106,7 +111,7 @@ def bench_active(data: str, backbone: str = "mobilenet_v2", image_size: int = 64
         rows.append(row)
     return {"dataset": data, "backbone": backbone, "image_size": image_size, "classes": k,
             "pool_images": int(len(train)), "eval_split": held_out, "eval_images": int(len(evals)),
-            "seeds": seeds, "start_per_class": start_per_class, "batch": batch, "budgets": budgets,
+            "seeds": seeds, "start_per_class": start_per_class, "batch": batch, "rounds": rounds, "budgets": budgets,
             "random_final_accuracy": target, "default": DEFAULT_STRATEGY, "rows": rows,
             "features_s": round(features_s, 1), "simulate_s": round(time.perf_counter() - t1, 1)}
 

@@ -81,7 +81,8 @@ def add_commands(sub, bench_sub) -> None:
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=24,
+                   help="batches after the start (fewer on a small pool: the largest budget stays within half of it)")
     p.add_argument("--start-per-class", type=int, default=2)
     p.add_argument("--batch", type=int, help="images per round (default: 2 per class)")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, random included")

@@ -26,7 +26,6 @@ from engine.workspace import atomic_path, write_json_atomic
 __all__ = ["evaluate_run", "train_sample", "GALLERY_SIZE", "TRAIN_SAMPLE_IMAGES"]
 
 GALLERY_SIZE = 24
-_BATCH = 64
 # A fine-tuned backbone has no cached features: its training images go through the model again, only
 # for the OOD reference and the train accuracy. A seeded sample of this many does both (the accuracy's
 # standard error stays under 1.2 points) and bounds evaluate's time by the validation split, not the
@@ -56,10 +55,6 @@ def _probe_splits(config: dict, classes: list[str]):
                             for split in ("val", "train")))
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def train_sample(n: int, seed: int, limit: int = TRAIN_SAMPLE_IMAGES) -> np.ndarray:
     """Sorted indices of the training images a fine-tune's evaluation scores: all of them up to ``limit``,
     else a sample drawn with the run's seed (the same images on every evaluate of the run)."""
@@ -68,31 +63,64 @@ def train_sample(n: int, seed: int, limit: int = TRAIN_SAMPLE_IMAGES) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def _features_and_logits(model, images: torch.Tensor, mean, std, say=None, what="",
-                         rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled backbone features and logits of uint8 NCHW images (only ``rows`` of them, if given), in batches."""
-    from engine.training.augment import normalize
+class _FeaturesAndLogits(torch.nn.Module):
+    """A trained classifier as one output, ``[pooled features | logits]``: one graph, one pass, two answers."""
 
-    device = next(model.parameters()).device
-    rows = np.arange(len(images)) if rows is None else rows
-    feats, logits = [], []
-    with torch.no_grad():
-        for start in range(0, len(rows), _BATCH):
-            pick = rows[start : start + _BATCH]  # sorted: a memory-mapped split is read forwards
-            x = normalize(images[torch.from_numpy(pick)].to(device), mean, std)
-            f = model.forward_features(x)
-            feats.append(f.float().cpu())
-            logits.append(model.head(f).float().cpu())
-            if say and (start // _BATCH) % 8 == 0:
-                say(f"{what}: {min(start + _BATCH, len(rows))}/{len(rows)} images")
-    if not feats:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.model.forward_features(x)
+        return torch.cat([features, self.model.head(features)], dim=1)
+
+
+def _features_and_logits(model, splits: list[tuple[str, torch.Tensor, np.ndarray]], mean, std, size: int,
+                         scratch: Path, say=None, engine: str = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pooled backbone features and logits of uint8 NCHW images (only the given rows of each split), in
+    batches, through one scoring function (onnxruntime on CPU, torch on a GPU: ``module_extractor``)."""
+    from engine.features import module_extractor
+
+    total = sum(len(rows) for _name, _images, rows in splits)
+    extractor = module_extractor(_FeaturesAndLogits(model).eval(), mean, std, size, scratch, images=total,
+                                 engine=engine)
+    out = []
+    for what, images, rows in splits:
+        # Sorted rows, read forwards: a memory-mapped split is streamed, one batch in memory at a time.
+        batches = (images[torch.from_numpy(rows[start : start + extractor.batch_size])]
+                   for start in range(0, len(rows), extractor.batch_size))
+
+        def progress(done: int, n: int, what=what) -> None:
+            if say and (done // extractor.batch_size) % 8 == 0:
+                say(f"{what}: {done}/{n} images")
+
+        both = extractor.over_batches(batches, len(rows), progress)
+        if both.size == 0:
+            both = np.zeros((0, model.feature_dim + len(model.head.bias)), np.float32)
+        out.append((both[:, : model.feature_dim], both[:, model.feature_dim :]))
+    return out
+
+
+def _training_val_outputs(run: Run, n_val: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Validation features and logits of training's own pass over exactly these best weights, if it left them."""
+    path = run.val_outputs_file
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["checkpoint_sha256"]) != checkpoint_digest(run) or len(saved["logits"]) != n_val:
+                return None  # other weights (resumed, retrained) or another split: score again
+            return np.asarray(saved["features"], np.float32), np.asarray(saved["logits"], np.float32)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = None,
-                 n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
-    """Score the run's best weights on its validation split; write and return ``evaluation.json``."""
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, engine: str = "auto") -> dict:
+    """Score the run's best weights on its validation split; write and return ``evaluation.json``.
+
+    ``engine`` scores a trained backbone's images: ``auto`` (onnxruntime on CPU, torch on a GPU),
+    ``onnxruntime`` or ``torch``."""
     from engine.training.checkpoint import load_checkpoint_model
 
     say = progress or (lambda message: None)
@@ -119,12 +147,19 @@ def evaluate_run(run_dir: Path | str, progress: Callable[[str], None] | None = N
     else:
         say("loading the best checkpoint")
         model, _cfg, classes = load_checkpoint_model(run.best_checkpoint)
-        model = model.to(_device())
+        model = model.eval()  # module_extractor puts it where it runs
         say("decoding the validation and training images")
         root, val, train = _load_splits(config, classes)
-        val_feats, val_logits = _features_and_logits(model, val.images, mean, std, say, "validation")
         rows = train_sample(len(train), int(config.get("seed", 0)), TRAIN_SAMPLE_IMAGES)
-        train_feats, train_logits = _features_and_logits(model, train.images, mean, std, say, "training", rows)
+        reused = _training_val_outputs(run, len(val))
+        splits = [("training", train.images, rows)]
+        if reused is None:
+            splits.insert(0, ("validation", val.images, np.arange(len(val))))
+        else:
+            say("validation: reusing training's pass over the best weights")
+        scored = _features_and_logits(model, splits, mean, std, resolved.image_size,
+                                      evaluation_files(run.path)["summary"].parent / "scoring.onnx.part", say, engine)
+        (val_feats, val_logits), (train_feats, train_logits) = (reused or scored[0]), scored[-1]
         train_labels = np.asarray(train.labels)[rows]
     if len(val) == 0:
         raise UserError(f"run '{run.id}' has no validation images to evaluate on")

@@ -4,6 +4,6 @@ Used by the linear probe, the fine-tune's head warm-up, the recipe benchmark and
 whatever needs "the backbone's pooled features of this split" asks here.
 """
 from engine.features.cache import FeatureSet, rows_features, split_features
-from engine.features.extract import FeatureExtractor, feature_extractor
+from engine.features.extract import FeatureExtractor, feature_extractor, module_extractor
 
-__all__ = ["FeatureSet", "split_features", "rows_features", "FeatureExtractor", "feature_extractor"]
+__all__ = ["FeatureSet", "split_features", "rows_features", "FeatureExtractor", "feature_extractor", "module_extractor"]

@@ -84,6 +84,8 @@ class Run:
     best_checkpoint = property(lambda self: self.path / "best.pt")
     last_checkpoint = property(lambda self: self.path / "last.pt")
     eval_file = property(lambda self: self.path / "eval.json")
+    # The best checkpoint's validation logits and features from training's own pass, for the evaluation.
+    val_outputs_file = property(lambda self: self.path / "val_outputs.npz")
     export_dir = property(lambda self: self.path / "export")
     onnx_file = property(lambda self: self.path / "export" / "model.onnx")
     cancel_file = property(lambda self: self.path / "cancel")

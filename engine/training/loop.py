@@ -158,13 +158,17 @@ def backbone_features(model: nn.Module, images: torch.Tensor, *, setup: DeviceSe
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, setup: DeviceSetup,
              batch_size: int, mean, std) -> dict:
     model.eval()
-    outputs = []
+    net = cast(TransferModel, unwrap(model))
+    outputs, features = [], []
     for idx in _batches(len(labels), batch_size * 2, None, shuffle=False, drop_last=False):
         x = setup.prepare(normalize(images[idx.to(images.device)].to(setup.device, non_blocking=True), mean, std))
         with setup.autocast():
-            outputs.append(model(x).float())
+            pooled = net.forward_features(x)  # in eval mode head(features) is model(x): dropout is off
+            outputs.append(net.head(pooled).float())
+        features.append(pooled.float().cpu())
     logits = torch.cat(outputs) if outputs else torch.empty(0)
     loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
     preds = logits.argmax(1)
+    # The pooled features ride along so that the run's evaluation reuses this pass (``Run.val_outputs_file``).
     return {"val_loss": loss, "val_acc": (preds == labels).float().mean().item(), "logits": logits.cpu(),
-            "preds": preds.cpu()}
+            "preds": preds.cpu(), "features": torch.cat(features) if features else torch.empty(0)}

@@ -307,6 +307,8 @@ def _final_report(p: Prepared, run: Run, cb: Callback, dist_ctx: DistContext, be
                                        p.classes, train_counts=train_counts)
         report.update({"split": split, "val_loss": result["val_loss"], "paths": paths})
         reports[split] = report
+        if split == "val" and "features" in result and dist_ctx.is_main:
+            _save_val_outputs(run, result)
     report = reports.get("test", reports["val"])
     report["best_epoch"] = best_epoch
     if "test" in reports:
@@ -317,6 +319,16 @@ def _final_report(p: Prepared, run: Run, cb: Callback, dist_ctx: DistContext, be
 
         write_json_atomic(run.eval_file, report)
     return report
+
+
+def _save_val_outputs(run: Run, result: dict) -> None:
+    """The best checkpoint's validation logits and pooled features, keyed by best.pt's digest: the
+    evaluation reads them instead of passing every validation image through the model again."""
+    from engine.workspace import atomic_path, file_sha256
+
+    with atomic_path(run.val_outputs_file) as tmp, open(tmp, "wb") as f:
+        np.savez(f, logits=result["logits"].numpy(), features=result["features"].numpy(),
+                 checkpoint_sha256=np.array(file_sha256(run.best_checkpoint)))
 
 
 def _train(config: TrainConfig, run: Run, cb: Callback, dist_ctx: DistContext, resume: bool = False) -> dict:
