@@ -69,3 +69,18 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_cli_parser_and_a_missing_run_answer_without_importing_torch(tmp_path):
+    """Every command's parser is built before it runs, so the parser imports no heavy module: ``--help`` and
+    the one-line answer to a wrong run directory come at once, not after torch's import."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom engine.cli import build_parser, main\nbuild_parser()\n"
+              f"code = main(['evaluate', {str(tmp_path / 'no-run')!r}])\n"
+              "heavy = sorted(m for m in ('torch', 'torchvision', 'pandas', 'scipy', 'sklearn') if m in sys.modules)\n"
+              "print(code, heavy)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2 []"
+    assert "is not a run directory" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -23,10 +23,11 @@ def predict_summary(result: dict) -> dict:
 
 def cmd_suggest(args) -> int:
     from engine.data.dataset import load_dataset
-    from engine.dataloop.pool import LabelLoop, resolve_pool
+    from engine.dataloop.pool import POOL_IMAGE_SIZE, LabelLoop, resolve_pool
 
     dataset = load_dataset(args.data)
-    loop = LabelLoop(dataset, resolve_pool(dataset, args.pool), backbone=args.backbone, image_size=args.image_size)
+    loop = LabelLoop(dataset, resolve_pool(dataset, args.pool), backbone=args.backbone,
+                     image_size=args.image_size or POOL_IMAGE_SIZE)
     rows = loop.suggest(args.k, strategy=args.strategy)
     if args.json:
         for row in rows:
@@ -61,8 +62,8 @@ def cmd_bench_active(args) -> int:
 
 
 def add_commands(sub, bench_sub) -> None:
+    # Only light modules here: every command's parser is built from them (engine.dataloop.pool imports torch).
     from engine.dataloop.active import DEFAULT_STRATEGY, STRATEGIES
-    from engine.dataloop.pool import POOL_IMAGE_SIZE
 
     p = sub.add_parser("suggest", help="the next images of an unlabelled pool to label, each pre-labelled by the "
                        "current model (the probe on the dataset's labels and the confirmed pool labels)")
@@ -71,7 +72,7 @@ def add_commands(sub, bench_sub) -> None:
     p.add_argument("--k", type=int, default=20, help="how many images")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY)
     p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--image-size", type=int, default=POOL_IMAGE_SIZE)
+    p.add_argument("--image-size", type=int, help="px (default: the label loop's, POOL_IMAGE_SIZE)")
     p.add_argument("--json", action="store_true", help="one JSON line per image: path, suggested, confidence")
     p.set_defaults(func=cmd_suggest)
 

@@ -29,11 +29,12 @@ def _format_evaluation(s: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from engine.evaluation import evaluate_run, load_evaluation
     from engine.runs import Run
 
     run = Run(args.run_dir)
-    run.config()  # not a run directory: one clear line
+    run.config()  # not a run directory: one clear line, before torch is imported
+    from engine.evaluation import evaluate_run, load_evaluation
+
     stored = None if args.recompute else load_evaluation(run.path)
     if stored is not None and not stored.stale:
         summary = stored.summary

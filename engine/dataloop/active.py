@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.evaluation.ood import unit_rows
-
 __all__ = ["STRATEGIES", "DEFAULT_STRATEGY", "select_batch", "margins"]
 
 STRATEGIES = ("random", "margin", "kcenter", "margin-kcenter", "typical", "badge", "typical-margin", "typical-badge")
@@ -48,6 +46,8 @@ def margins(probs: np.ndarray) -> np.ndarray:
 
 def _kcenter(features: np.ndarray, labelled: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     """Greedy k-center: ``k`` of ``candidates``, each the farthest from the labelled set and earlier picks."""
+    from engine.evaluation.ood import unit_rows  # here, not at the top: the CLI's parser reads this module
+
     z = unit_rows(features)
     cand = z[candidates]
     if len(labelled):
@@ -70,6 +70,8 @@ def _kcenter(features: np.ndarray, labelled: np.ndarray, candidates: np.ndarray,
 
 def _reduced(features: np.ndarray, dims: int = 64) -> np.ndarray:
     """Unit rows projected on their first ``dims`` principal axes (k-means and BADGE stay cheap)."""
+    from engine.evaluation.ood import unit_rows
+
     z = unit_rows(features)
     z = z - z.mean(0)
     if z.shape[1] <= dims:
