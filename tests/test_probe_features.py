@@ -82,6 +82,38 @@ def test_onnxruntime_features_match_pytorch(digits_features):
     assert sorted((shared_cache_dir() / "backbones").glob("*.onnx")) == exported
 
 
+def test_a_trained_module_is_scored_alike_by_onnxruntime_and_torch_and_falls_back_when_it_cannot_export(
+        digits_features, tmp_path):
+    """module_extractor (a fine-tune's evaluation): onnxruntime on CPU through a scratch file that does not stay,
+    the torch path (a GPU's) alike, and torch again for a module no exporter takes."""
+    import torch
+
+    from engine.data.tensors import decode_split
+    from engine.features import module_extractor
+    from engine.models import create_model
+
+    dataset, _, _ = digits_features
+    images = decode_split(dataset, "val", SIZE, dataset.classes).images[:40]
+    model = create_model("mobilenet_v2", 3, pretrained=True, image_size=SIZE).eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    scratch = tmp_path / "scoring.onnx.part"
+    ort = module_extractor(model, mean, std, SIZE, scratch, engine="onnxruntime")
+    eager = module_extractor(model, mean, std, SIZE, scratch, engine="torch")
+    assert (ort.engine, eager.engine) == ("onnxruntime", "torch") and not scratch.exists()
+    np.testing.assert_allclose(ort(images), eager(images), rtol=1e-3, atol=1e-4)
+    assert module_extractor(model, mean, std, SIZE, scratch, images=10).engine == "torch"  # too few to export
+
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            if torch.jit.is_tracing() or torch.compiler.is_exporting():
+                raise RuntimeError("this module does not trace")
+            return model(x)
+
+    fallback = module_extractor(Unexportable(), mean, std, SIZE, scratch, engine="onnxruntime")
+    assert fallback.engine == "torch" and not scratch.exists()
+    np.testing.assert_allclose(fallback(images), eager(images), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_linear_run_uses_cached_features_and_reports_balanced_accuracy(shapes_dir):
     config = TrainConfig(dataset=str(shapes_dir), backbone="mobilenet_v2", mode="linear", image_size=SIZE)

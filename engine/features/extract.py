@@ -128,6 +128,8 @@ def module_extractor(net: nn.Module, mean, std, size: int, scratch: Path, setup:
     try:
         onnx_export(graph.cpu(), torch.zeros(2, 3, size, size, dtype=torch.uint8), scratch, exporter="torchscript")
         run = ort_runner(scratch)
+    except Exception:  # noqa: BLE001 - a model neither exporter takes is still scored, by PyTorch
+        return FeatureExtractor("", size, "torch", _torch_runner(graph, setup), batch_size=64)
     finally:
         scratch.unlink(missing_ok=True)
     return FeatureExtractor("", size, engine, run, batch_size=32)
