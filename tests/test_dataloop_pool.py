@@ -15,23 +15,14 @@ SIZE = 32  # px: the features of ~100 drawn images take a second or two
 
 
 def _photo_crops(n: int, seed: int = 0) -> list:
-    """``n`` random 48 px crops of scikit-image's bundled photographs."""
-    import skimage.data
+    """``n`` random 48 px crops of scikit-image's bundled photographs (the shift bench's), as PIL images."""
+    import io
+
     from PIL import Image
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "horse", "camera", "coins", "immunohistochemistry"]
-    photos = [np.asarray(getattr(skimage.data, name)()) for name in names]
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        arr = photos[i % len(photos)]
-        arr = np.stack([arr] * 3, -1) if arr.ndim == 2 else arr[..., :3]
-        if arr.dtype != np.uint8:
-            arr = (255 * arr / max(1, arr.max())).astype(np.uint8)
-        side = int(min(arr.shape[:2]) * rng.uniform(0.4, 0.9))
-        y, x = rng.integers(0, arr.shape[0] - side + 1), rng.integers(0, arr.shape[1] - side + 1)
-        out.append(Image.fromarray(np.ascontiguousarray(arr[y:y + side, x:x + side])).resize((48, 48)))
-    return out
+    from engine.bench.shift import photo_crops
+
+    return [Image.open(io.BytesIO(data)).convert("RGB") for _name, data in photo_crops(n, seed=seed, side=48)]
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +213,21 @@ def test_bench_active_simulates_every_strategy_from_one_start_and_stops_within_h
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "--strategies must include random" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # trains and exports a probe
+def test_bench_shift_passes_the_same_data_and_tells_photographs_apart_through_the_predict_path(tmp_path):
+    from engine.bench.shift import bench_shift, format_table
+
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=40, seed=11)
+    result = bench_shift(str(data), image_size=SIZE, draws=4, batch=12, photo_draws=2)
+    same, photos = result["same_data"], result["photographs"]
+    assert result["held_out"] == "val" and result["held_out_images"] >= 12
+    assert same["draws"] == 4 and photos["draws"] == 2
+    assert photos["share_p_under_0.01"] == 1.0 and photos["share_said_to_differ"] == 1.0  # drawn shapes vs photos
+    assert same["p_max"] > 0.05 and same["p_median"] > photos["p_max"]
+    assert "shapes" in format_table([result])
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match="fewer than a batch"):
+        bench_shift(str(data), image_size=SIZE, draws=1, batch=500, photo_draws=1)

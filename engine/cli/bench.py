@@ -109,6 +109,19 @@ def cmd_bench_flow(args) -> int:
     return 0
 
 
+def cmd_bench_shift(args) -> int:
+    from engine.bench.shift import bench_shift, format_table
+
+    if args.batch < 5 or args.draws < 1 or args.photo_draws < 1:
+        raise UserError("--batch must be at least 5, --draws and --photo-draws at least 1")
+    results = [bench_shift(data, backbone=args.backbone, image_size=args.image_size, draws=args.draws,
+                           batch=args.batch, photo_draws=args.photo_draws,
+                           progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+               for data in args.data]
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    return 0
+
+
 def add_commands(sub) -> argparse._SubParsersAction:
     """Register ``bench`` and its benchmarks on ``sub``; returns the group's subparsers."""
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
@@ -183,4 +196,15 @@ def add_commands(sub) -> argparse._SubParsersAction:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_flow)
+
+    p = bench_sub.add_parser("shift", help="the batch test through the predict path: how often a batch of the same "
+                             "data passes, and whether batches of photographs are told apart")
+    p.add_argument("data", nargs="+", help="labelled datasets (a probe is trained on each)")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--draws", type=int, default=100, help="seeded batches of held-out images")
+    p.add_argument("--photo-draws", type=int, default=20, help="seeded batches of photographs")
+    p.add_argument("--batch", type=int, default=50, help="images per batch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_shift)
     return bench_sub
