@@ -219,13 +219,18 @@ def test_bench_active_simulates_every_strategy_from_one_start_and_stops_within_h
 def test_bench_shift_passes_the_same_data_and_tells_photographs_apart_through_the_predict_path(tmp_path):
     from engine.bench.shift import bench_shift, format_table
 
-    data = make_shapes_dataset(tmp_path / "shapes", per_class=40, seed=11)
+    from engine.evaluation.shift import REFERENCE_SIZE
+
+    # More training images than the batch test's reference holds, so the control (the rest) can be drawn.
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=240, seed=11)
     result = bench_shift(str(data), image_size=SIZE, draws=4, batch=12, photo_draws=2)
-    same, photos = result["same_data"], result["photographs"]
+    same, control, photos = result["same_data"], result["control"], result["photographs"]
     assert result["held_out"] == "val" and result["held_out_images"] >= 12
-    assert same["draws"] == 4 and photos["draws"] == 2
+    assert result["control_images"] == 576 - REFERENCE_SIZE  # 80 % of 720 train, less the reference's rows
+    assert same["draws"] == control["draws"] == 4 and photos["draws"] == 2
     assert photos["share_p_under_0.01"] == 1.0 and photos["share_said_to_differ"] == 1.0  # drawn shapes vs photos
-    assert same["p_max"] > 0.05 and same["p_median"] > photos["p_max"]
+    for batches in (same, control):
+        assert batches["p_max"] > 0.05 and batches["p_median"] > photos["p_max"]
     assert "shapes" in format_table([result])
     from engine.errors import UserError
 

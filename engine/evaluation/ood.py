@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OODReference", "unit_rows", "build_reference", "load_reference", "OOD_K", "OOD_PERCENTILES",
+__all__ = ["OODReference", "unit_rows", "stored_rows", "build_reference", "load_reference", "OOD_K", "OOD_PERCENTILES",
            "OOD_FLAG_PERCENTILE", "MAX_REFERENCE_IMAGES"]
 
 OOD_K = 10
@@ -85,13 +85,18 @@ class OODReference:
         tmp.replace(path)
 
 
+def stored_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Which of ``n`` training rows a reference keeps: all up to ``MAX_REFERENCE_IMAGES``, else a seeded sample."""
+    if n <= MAX_REFERENCE_IMAGES:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_REFERENCE_IMAGES, replace=False))
+
+
 def build_reference(train_features: np.ndarray, val_features: np.ndarray, k: int = OOD_K,
                     seed: int = 0) -> OODReference:
     """Reference from training features, calibrated on the validation features."""
     train_features = np.asarray(train_features, dtype=np.float32)
-    if len(train_features) > MAX_REFERENCE_IMAGES:
-        pick = np.random.default_rng(seed).choice(len(train_features), MAX_REFERENCE_IMAGES, replace=False)
-        train_features = train_features[np.sort(pick)]
+    train_features = train_features[stored_rows(len(train_features), seed)]
     probe = OODReference(train_features, np.zeros(0, np.float32), k=k)
     return OODReference(train_features, probe.scores(val_features), k=k)
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from engine.evaluation.ood import unit_rows
 
-__all__ = ["ShiftTest", "batch_shift_test", "batch_test_against", "reference_sample", "shift_sentence",
-           "REFERENCE_SIZE", "ALPHA"]
+__all__ = ["ShiftTest", "batch_shift_test", "batch_test_against", "reference_rows", "reference_sample",
+           "shift_sentence", "REFERENCE_SIZE", "ALPHA"]
 
 # Reference rows drawn from the training features: enough for the test's power at 50 images, and the
 # kernel matrix of (reference + batch) rows stays small.
@@ -47,12 +47,17 @@ class ShiftTest:
                 "flagged_share": self.flagged_share, "sentence": shift_sentence(self)}
 
 
+def reference_rows(n: int, size: int = REFERENCE_SIZE, seed: int = 0) -> np.ndarray:
+    """Which of ``n`` training rows the reference sample holds: a seeded, sorted subsample (all when fewer)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def reference_sample(train_features: np.ndarray, size: int = REFERENCE_SIZE, seed: int = 0) -> np.ndarray:
     """A seeded subsample of the training features (all of them when there are fewer)."""
     x = np.asarray(train_features, dtype=np.float32)
-    if len(x) <= size:
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))]
+    return x if len(x) <= size else x[reference_rows(len(x), size, seed)]
 
 
 def _p_text(p: float, permutations: int) -> str:
