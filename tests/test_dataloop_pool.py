@@ -191,9 +191,10 @@ def test_the_two_stage_strategies_switch_from_typical_at_the_label_count():
 @pytest.mark.slow  # fits the probe once per round, strategy and seed
 def test_bench_active_simulates_every_strategy_from_one_start_and_stops_within_half_the_pool(tmp_path):
     from engine.bench.active import bench_active, format_table
+    from engine.dataloop.active import DEFAULT_STRATEGY
 
     data = make_shapes_dataset(tmp_path / "shapes", per_class=30, seed=5)
-    result = bench_active(str(data), image_size=SIZE, seeds=2, rounds=50, strategies=("random", "badge"))
+    result = bench_active(str(data), image_size=SIZE, seeds=2, rounds=50, strategies=("random", DEFAULT_STRATEGY))
     k, pool = len(SHAPES_CLASSES), result["pool_images"]
     assert result["batch"] == 2 * k and result["rounds"] == (pool // 2 - 2 * k) // (2 * k) >= 2
     assert result["budgets"] == [2 * k * (1 + r) for r in range(result["rounds"] + 1)]
@@ -207,9 +208,9 @@ def test_bench_active_simulates_every_strategy_from_one_start_and_stops_within_h
         assert all(0.0 <= a <= 1.0 for a in row["accuracy"]) and len(row["ci95"]) == len(result["budgets"])
         reached = row["labels_to_match_random"]
         assert reached is None or reached in result["budgets"]
-    assert "badge (default)" in format_table([result])
+    assert f"{DEFAULT_STRATEGY} (default)" in format_table([result])
 
-    refused = subprocess.run([sys.executable, "-m", "engine", "bench", "active", str(data), "--strategies", "badge"],
+    refused = subprocess.run([sys.executable, "-m", "engine", "bench", "active", str(data), "--strategies", "margin"],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "--strategies must include random" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
