@@ -18,7 +18,7 @@ from engine.errors import UserError
 from engine.evaluation.calibration import fit_temperature, reliability, softmax
 from engine.evaluation.curves import overfitting, threshold_curve
 from engine.evaluation.metrics import BOOTSTRAP_RESAMPLES, confusion, headline_metrics, per_class_table
-from engine.evaluation.ood import build_reference
+from engine.evaluation.ood import build_reference, sample_rows
 from engine.evaluation.store import EVALUATION_FORMAT, checkpoint_digest, evaluation_files
 from engine.runs import Resolved, Run
 from engine.workspace import atomic_path, write_json_atomic
@@ -58,9 +58,7 @@ def _probe_splits(config: dict, classes: list[str]):
 def train_sample(n: int, seed: int, limit: int = TRAIN_SAMPLE_IMAGES) -> np.ndarray:
     """Sorted indices of the training images a fine-tune's evaluation scores: all of them up to ``limit``,
     else a sample drawn with the run's seed (the same images on every evaluate of the run)."""
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    return sample_rows(n, limit, seed)
 
 
 class _FeaturesAndLogits(torch.nn.Module):

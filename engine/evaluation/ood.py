@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OODReference", "unit_rows", "stored_rows", "build_reference", "load_reference", "OOD_K", "OOD_PERCENTILES",
-           "OOD_FLAG_PERCENTILE", "MAX_REFERENCE_IMAGES"]
+__all__ = ["OODReference", "unit_rows", "sample_rows", "stored_rows", "build_reference", "load_reference", "OOD_K",
+           "OOD_PERCENTILES", "OOD_FLAG_PERCENTILE", "MAX_REFERENCE_IMAGES"]
 
 OOD_K = 10
 OOD_PERCENTILES = (95, 99)
@@ -85,11 +85,18 @@ class OODReference:
         tmp.replace(path)
 
 
+def sample_rows(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Row indices: all ``n`` up to ``limit``, else a seeded sample of ``limit``; sorted (a memory-mapped
+    array is read forwards). The OOD reference, the batch test's reference and a fine-tune's scored
+    training images are each drawn so."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def stored_rows(n: int, seed: int = 0) -> np.ndarray:
     """Which of ``n`` training rows a reference keeps: all up to ``MAX_REFERENCE_IMAGES``, else a seeded sample."""
-    if n <= MAX_REFERENCE_IMAGES:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, MAX_REFERENCE_IMAGES, replace=False))
+    return sample_rows(n, MAX_REFERENCE_IMAGES, seed)
 
 
 def build_reference(train_features: np.ndarray, val_features: np.ndarray, k: int = OOD_K,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.evaluation.ood import unit_rows
+from engine.evaluation.ood import sample_rows, unit_rows
 
 __all__ = ["ShiftTest", "batch_shift_test", "batch_test_against", "reference_rows", "reference_sample",
            "shift_sentence", "REFERENCE_SIZE", "ALPHA"]
@@ -49,9 +49,7 @@ class ShiftTest:
 
 def reference_rows(n: int, size: int = REFERENCE_SIZE, seed: int = 0) -> np.ndarray:
     """Which of ``n`` training rows the reference sample holds: a seeded, sorted subsample (all when fewer)."""
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    return sample_rows(n, size, seed)
 
 
 def reference_sample(train_features: np.ndarray, size: int = REFERENCE_SIZE, seed: int = 0) -> np.ndarray:
