@@ -63,6 +63,7 @@ def cmd_bench_active(args) -> int:
 
 def add_commands(sub, bench_sub) -> None:
     # Only light modules here: every command's parser is built from them (engine.dataloop.pool imports torch).
+    from engine.bench.active import ROUNDS, SEEDS
     from engine.dataloop.active import DEFAULT_STRATEGY, STRATEGIES
 
     p = sub.add_parser("suggest", help="the next images of an unlabelled pool to label, each pre-labelled by the "
@@ -81,8 +82,8 @@ def add_commands(sub, bench_sub) -> None:
     p.add_argument("data", nargs="+", help="labelled datasets; their labels are held back as the oracle")
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=24,
+    p.add_argument("--seeds", type=int, default=SEEDS)
+    p.add_argument("--rounds", type=int, default=ROUNDS,
                    help="batches after the start (fewer on a small pool: the largest budget stays within half of it)")
     p.add_argument("--start-per-class", type=int, default=2)
     p.add_argument("--batch", type=int, help="images per round (default: 2 per class)")
